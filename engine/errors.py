@@ -1,0 +1,86 @@
+"""The one exception hierarchy of hyperlex: every error a person can act on.
+
+Each error carries a person-readable message, a short title and, where there is one, a hint that
+says what to do. The CLI prints it on stderr and exits non-zero, the daemon turns it into an error
+reply, and the console into a notification. Nothing here knows about any of those front ends.
+"""
+
+from __future__ import annotations
+
+
+class HyperlexError(Exception):
+    """Base of all errors hyperlex reports to a person.
+
+    Args:
+        message: what went wrong, naming the file, key or value concerned.
+        hint: what the person can do about it, if anything.
+        title: a short heading for notifications.
+    """
+
+    title = "hyperlex error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, title: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if title is not None:
+            self.title = title
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The error as plain data, for JSON output and daemon replies."""
+        return {"type": type(self).__name__, "title": self.title, "message": self.message,
+                "hint": self.hint}
+
+
+class ConfigError(HyperlexError):
+    """A profile or setting is wrong. Carries every problem found, not just the first."""
+
+    title = "configuration error"
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, hint: str | None = None):
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message, hint=hint)
+
+
+class ModelNotFoundError(HyperlexError):
+    """A base model, GGUF file or packaged model is not where the profile says."""
+
+    title = "model not found"
+
+
+class ModelFormatError(HyperlexError):
+    """A model file exists but cannot be read: truncated, corrupt or of another kind."""
+
+    title = "unreadable model"
+
+
+class MissingDependencyError(HyperlexError):
+    """An optional package is not installed; the message says which and how to get it."""
+
+    title = "missing package"
+
+    def __init__(self, package: str, purpose: str, *, install: str | None = None):
+        install = install or f"pip install {package}   (or re-run ./install.sh)"
+        super().__init__(f"{purpose} needs the Python package '{package}', which is not installed.",
+                         hint=install)
+        self.package = package
+
+
+class DataError(HyperlexError):
+    """Input data is malformed: a bad line, a span outside its document, an empty corpus."""
+
+    title = "bad input data"
+
+
+class NotAvailableError(HyperlexError):
+    """A capability is not available in this build or on this machine."""
+
+    title = "not available"
