@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-time", type=float, default=0.05)
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--fail-at", type=int, default=0)
+    parser.add_argument("--ignore-sigterm", action="store_true",
+                        help="keep running on SIGTERM (tests the SIGKILL escalation)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--progress-jsonl", action="store_true")
     args = parser.parse_args(argv)
@@ -62,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
     step = latest_checkpoint(run_dir) if args.resume else 0
     emit({"event": "log", "message": f"selftest starting at step {step} (resume={args.resume})"})

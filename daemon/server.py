@@ -70,15 +70,25 @@ class DaemonSettings:
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
+    """Defaults, then the profile's `daemon` section, then `HYPERLEX_DAEMON_<KNOB>` variables."""
     settings = DaemonSettings()
     try:
-        profiles = importlib.import_module("engine.profiles")
+        section = getattr(importlib.import_module("engine.profiles").load_profile(profile),
+                          "daemon", None)
     except ModuleNotFoundError:
-        return settings
-    section = getattr(profiles.load_profile(profile), "daemon", None)
+        section = None
     for name in settings.__dataclass_fields__:
         if section is not None and hasattr(section, name):
             setattr(settings, name, getattr(section, name))
+        raw = os.environ.get(f"HYPERLEX_DAEMON_{name.upper()}")
+        if raw is not None:
+            kind = type(getattr(DaemonSettings(), name))
+            try:
+                value = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            except ValueError:
+                raise ConfigError(f"HYPERLEX_DAEMON_{name.upper()}={raw!r} is not a "
+                                  f"{kind.__name__}") from None
+            setattr(settings, name, value)
     return settings
 
 
