@@ -67,6 +67,8 @@ class DaemonSettings:
     resume_interrupted: bool = True
     cancel_grace_s: float = 10.0
     heartbeat_s: float = 1.0
+    # Events queued per subscriber before ZeroMQ drops; a drop is a gap the client resyncs.
+    event_hwm: int = 200_000
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -166,7 +168,7 @@ class Server:
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
-        self.pub.setsockopt(zmq.SNDHWM, 200_000)
+        self.pub.setsockopt(zmq.SNDHWM, self.settings.event_hwm)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
         request, events, server_key = self._bind()
@@ -288,7 +290,8 @@ class Server:
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     self.publish(HEARTBEAT_TOPIC, {"epoch": self.epoch, "time": time.time(),
-                                                   "jobs_running": len(self.running)})
+                                                   "jobs_running": len(self.running),
+                                                   "seqs": self.history.recent()})
                     next_heartbeat = now + self.settings.heartbeat_s
                 timeout_ms = max(0, min(200, int((next_heartbeat - now) * 1000)))
                 ready = dict(poller.poll(timeout_ms))
