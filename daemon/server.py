@@ -41,7 +41,7 @@ from daemon.connection import (
 )
 from daemon.events import HEARTBEAT_TOPIC, STATUS_TOPIC, EventHistory
 from daemon.jobs import FINAL_STATES, JOB_KINDS, JobLog, JobStore, job_kind
-from daemon.models import Chat, ModelManager, chat_settings
+from daemon.models import Chat, ModelManager
 from daemon.workers import JobProcess, kill_leftover_group
 from engine.errors import ConfigError, HyperlexError, NotAvailableError
 from engine.paths import Dirs, dirs
@@ -174,7 +174,7 @@ class Server:
         request, events, server_key = self._bind()
         self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs")
         self._recover_jobs()
-        self.models = ModelManager(chat_settings, self.publish_threadsafe, self.profile,
+        self.models = ModelManager(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
