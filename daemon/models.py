@@ -78,6 +78,8 @@ class ModelManager:
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[Chat]] = OrderedDict()  # session -> its chats
         self._chats: dict[str, Chat] = {}
+        self._served: dict[str, int] = {}  # session -> turn it was last served
+        self._turn = 0
         self._unload_requested = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="chat")
@@ -131,14 +133,17 @@ class ModelManager:
     # --- the chat thread ------------------------------------------------------------------------
 
     def _next_chat(self) -> Chat | None:
-        """Round-robin over sessions: take one chat from the first session, send it to the back."""
+        """Round-robin over sessions: the queued session served longest ago goes first."""
         while self._queues:
-            session, queue = next(iter(self._queues.items()))
+            session = min(self._queues, key=lambda s: self._served.get(s, -1))
+            queue = self._queues[session]
             chat = queue.popleft()
-            if queue:
-                self._queues.move_to_end(session)
-            else:
+            if not queue:
                 del self._queues[session]
+            self._turn += 1
+            self._served[session] = self._turn
+            while len(self._served) > 10_000:
+                self._served.pop(next(iter(self._served)))
             if chat.cancelled.is_set():
                 self._finish(chat, "cancelled", 0, "", 0.0)
                 continue

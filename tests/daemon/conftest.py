@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import Client
-from daemon.connection import connection_file_path, read_connection_file
+from daemon.connection import read_connection_file
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -25,11 +25,13 @@ START_TIMEOUT_S = 30.0
 class DaemonProcess:
     """A hyperlexd started for a test."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, home: Path | None = None):
         self.args = args
-        self.log = Path(os.environ["HYPERLEX_HOME"]) / f"daemon-{time.monotonic_ns()}.log"
+        self.home = Path(home or os.environ["HYPERLEX_HOME"])
+        self.log = self.home / f"daemon-{time.monotonic_ns()}.log"
         self.out = open(self.log, "wb")
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), HYPERLEX_HOME=str(self.home),
+                        **(env or {}))
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--foreground", *args],
                                      cwd=ROOT, env=full_env, stdout=self.out,
                                      stderr=subprocess.STDOUT)
@@ -40,7 +42,7 @@ class DaemonProcess:
 
     def wait_ready(self) -> DaemonProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
-        path = connection_file_path()
+        path = self.connection_file
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hyperlexd exited {self.proc.returncode}:\n{self.output()}")
@@ -53,12 +55,16 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"hyperlexd did not start:\n{self.output()}")
 
+    @property
+    def connection_file(self) -> Path:
+        return self.home / "run" / "hyperlexd.json"
+
     def output(self) -> str:
         self.out.flush()
         return self.log.read_text(errors="replace")
 
     def client(self, **kwargs) -> Client:
-        return Client(read_connection_file(), **{"timeout": 5.0, **kwargs})
+        return Client(read_connection_file(self.connection_file), **{"timeout": 5.0, **kwargs})
 
     def kill9(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
@@ -88,6 +94,21 @@ def start_daemon():
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_daemon(tmp_path_factory):
+    """One daemon per module for chat tests, so the model loads once.
+
+    Its profile runs llama.cpp on one thread: on a 2-core machine shared with other work, two
+    spinning threads were measured 3x slower than one.
+    """
+    home = tmp_path_factory.mktemp("chat")
+    profile = home / "chat-test.toml"
+    profile.write_text('name = "chat-test"\nextends = "default"\n[device]\nthreads = 1\n')
+    daemon = DaemonProcess("--profile", str(profile), home=home).wait_ready()
+    yield daemon
+    daemon.stop()
 
 
 @pytest.fixture
