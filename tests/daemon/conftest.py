@@ -96,6 +96,13 @@ def start_daemon():
         daemon.stop()
 
 
+def write_chat_profile(directory: Path) -> Path:
+    """The default profile on one llama.cpp thread (see chat_daemon)."""
+    profile = directory / "chat-test.toml"
+    profile.write_text('name = "chat-test"\nextends = "default"\n[device]\nthreads = 1\n')
+    return profile
+
+
 @pytest.fixture(scope="module")
 def chat_daemon(tmp_path_factory):
     """One daemon per module for chat tests, so the model loads once.
@@ -104,9 +111,7 @@ def chat_daemon(tmp_path_factory):
     spinning threads were measured 3x slower than one.
     """
     home = tmp_path_factory.mktemp("chat")
-    profile = home / "chat-test.toml"
-    profile.write_text('name = "chat-test"\nextends = "default"\n[device]\nthreads = 1\n')
-    daemon = DaemonProcess("--profile", str(profile), home=home).wait_ready()
+    daemon = DaemonProcess("--profile", str(write_chat_profile(home)), home=home).wait_ready()
     yield daemon
     daemon.stop()
 
