@@ -18,7 +18,7 @@ import time
 
 from daemon.connection import connection_file_path, read_connection_file
 from engine.errors import HyperlexError
-from engine.paths import dirs
+from engine.paths import dirs, project_root
 
 
 def log_file_path():
@@ -47,9 +47,12 @@ def spawn_detached(args: list[str], wait_s: float = 30.0) -> int:
     before = path.stat().st_mtime_ns if path.exists() else None
     log_path = log_file_path()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root()),
+                                                    env.get("PYTHONPATH", "")) if p)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "daemon", "--foreground", *args],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                 start_new_session=True)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

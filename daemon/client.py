@@ -319,6 +319,7 @@ class _StreamState:
         self.pending: deque[Event] = deque()
         self.resyncs = 0
         self.gaps = 0
+        self.truncated = 0  # resyncs that found events already dropped from the history
 
     def wants(self, topic: str) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -330,6 +331,8 @@ class _StreamState:
         self.epoch = reply["epoch"]
         more = False
         for topic, part in sorted(reply["topics"].items()):
+            if not part.get("complete", True) and topic in self.last:
+                self.truncated += 1
             for item in part["events"]:
                 if item["seq"] > self.last.get(topic, 0):
                     self.pending.append(Event(topic, item["seq"], item["data"]))
@@ -380,16 +383,25 @@ class EventStream:
         deadline = time.monotonic() + self.client.timeout
         synced = False
         while not synced and time.monotonic() < deadline:
-            self.client.sync_probe(token)
+            try:
+                self.client.sync_probe(token)
+            except (TimeoutError, DaemonError):
+                self.disconnect()
+                raise
             while self.sock.poll(100):
                 topic = self.sock.recv_multipart()[0].decode(errors="replace")
                 if topic == f"sync.{token}":
                     synced = True
                     break
         if not synced:
+            self.disconnect()
             raise TimeoutError("no events from the daemon: cannot subscribe")
         self.sock.setsockopt(zmq.UNSUBSCRIBE, f"sync.{token}".encode())
-        self.resync()
+        try:
+            self.resync()
+        except (TimeoutError, DaemonError):
+            self.disconnect()
+            raise
         self.last_heard = time.monotonic()
 
     def resync(self) -> None:
@@ -416,8 +428,11 @@ class EventStream:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+            if self.sock is not None and self.sock.poll(int(min(left, 0.5) * 1000) + 1):
+                self._receive(self.sock.recv_multipart())
+                continue
             if self.sock is None or time.monotonic() - self.last_heard > self.liveness_s:
-                # No heartbeat: the daemon or the link went away. Reconnect with backoff.
+                # Nothing buffered and no heartbeat: the daemon or the link went away.
                 self.disconnect()
                 try:
                     self.connect()
@@ -426,10 +441,6 @@ class EventStream:
                 except (TimeoutError, DaemonError):
                     time.sleep(min(backoff, max(0.0, left)))
                     backoff = min(backoff * 2, 2.0)
-                continue
-            if not self.sock.poll(int(min(left, 0.5) * 1000) + 1):
-                continue
-            self._receive(self.sock.recv_multipart())
 
     def _receive(self, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
@@ -538,6 +549,7 @@ class AsyncEventStream:
                     (await self.sock.recv_multipart())[0] == f"sync.{token}".encode():
                 break
         else:
+            self.close()
             raise TimeoutError("no events from the daemon: cannot subscribe")
         await self.resync()
         self.last_heard = time.monotonic()
@@ -558,15 +570,14 @@ class AsyncEventStream:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if self.sock is None or time.monotonic() - self.last_heard > self.liveness_s:
-                if self.sock is not None:
-                    self.sock.close(0)
-                try:
-                    await self.connect()
-                except (TimeoutError, DaemonError):
-                    await asyncio.sleep(min(0.5, max(0.0, left)))
-                continue
-            if not await self.sock.poll(int(min(left, 0.5) * 1000) + 1):
+            if self.sock is None or not await self.sock.poll(int(min(left, 0.5) * 1000) + 1):
+                if self.sock is None or time.monotonic() - self.last_heard > self.liveness_s:
+                    # Nothing buffered and no heartbeat: reconnect and resync.
+                    self.close()
+                    try:
+                        await self.connect()
+                    except (TimeoutError, DaemonError):
+                        await asyncio.sleep(min(0.5, max(0.0, left)))
                 continue
             frames = await self.sock.recv_multipart()
             self.last_heard = time.monotonic()

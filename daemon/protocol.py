@@ -125,6 +125,7 @@ class Session:
         if not key:
             raise ValueError("an HMAC key is required")
         self.key = key
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once, copied per message
         self.session_id = session_id or new_id()
         self._seq = 0
         self._lock = threading.Lock()
@@ -136,7 +137,7 @@ class Session:
 
     def sign(self, frames: list[bytes]) -> bytes:
         """HMAC-SHA256 over length-prefixed frames (so frame boundaries cannot shift)."""
-        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        mac = self._mac.copy()
         for frame in frames:
             mac.update(len(frame).to_bytes(8, "big"))
             mac.update(frame)

@@ -1,0 +1,226 @@
+"""Benchmark: hyperlexd against bare ZeroMQ and against the inference backend called directly.
+
+    .venv/bin/python bench/daemon.py [--requests 2000] [--events 100000] [--chat-tokens 48]
+                                     [--repeats 3] [--no-chat]
+
+Three figures, each with its baseline measured side by side in the same run:
+- request round trip (p50/p99): a `hello` through the daemon (signed envelope, seq check,
+  dispatch) against a bare pyzmq ROUTER echo in another process, both over ipc;
+- events/s delivered without loss: a daemon `event_burst` read through the client's gap-checked
+  EventStream, against a bare PUB/SUB pair in two processes;
+- chat tokens/s: a chat streamed through the daemon (tokens as events, read by the client)
+  against `Backend.generate` called directly in this process, same profile, greedy, same prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import zmq  # noqa: E402
+
+
+def _echo_server(endpoint: str) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:
+        frames = sock.recv_multipart()
+        if frames[-1] == b"stop":
+            break
+        sock.send_multipart(frames)
+    sock.close(0)
+    ctx.term()
+
+
+def _publisher(endpoint: str, go: str, count: int, size: int) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, count + 10)
+    pub.bind(endpoint)
+    rep = ctx.socket(zmq.REP)
+    rep.bind(go)
+    rep.recv()  # the subscriber is connected and subscribed
+    rep.send(b"")
+    pad = b"x" * size
+    for i in range(count):
+        pub.send_multipart([b"bench.bare", str(i).encode(), pad])
+    rep.recv()
+    rep.send(b"")
+    pub.close(0)
+    rep.close(0)
+    ctx.term()
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1e3
+
+
+def bare_round_trip(tmp: Path, requests: int) -> list[float]:
+    endpoint = f"ipc://{tmp / 'echo'}"
+    server = mp.Process(target=_echo_server, args=(endpoint,), daemon=True)
+    server.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    payload = [b"x" * 32] * 4
+    times = []
+    for _ in range(requests + 50):
+        t0 = time.perf_counter()
+        sock.send_multipart(payload)
+        sock.recv_multipart()
+        times.append(time.perf_counter() - t0)
+    sock.send_multipart([b"stop"])
+    server.join(5)
+    ctx.destroy(0)
+    return times[50:]
+
+
+def daemon_round_trip(client, requests: int) -> list[float]:
+    times = []
+    for _ in range(requests + 50):
+        t0 = time.perf_counter()
+        client.hello()
+        times.append(time.perf_counter() - t0)
+    return times[50:]
+
+
+def bare_events(tmp: Path, count: int, size: int) -> tuple[int, float]:
+    endpoint, go = f"ipc://{tmp / 'pub'}", f"ipc://{tmp / 'go'}"
+    proc = mp.Process(target=_publisher, args=(endpoint, go, count, size), daemon=True)
+    proc.start()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, count + 10)
+    sub.setsockopt(zmq.SUBSCRIBE, b"bench.")
+    sub.connect(endpoint)
+    req = ctx.socket(zmq.REQ)
+    req.connect(go)
+    time.sleep(0.3)  # let the subscription reach the publisher
+    t0 = time.perf_counter()
+    req.send(b"go")
+    req.recv()
+    received = 0
+    while received < count and sub.poll(2000):
+        sub.recv_multipart()
+        received += 1
+    elapsed = time.perf_counter() - t0
+    req.send(b"done")
+    req.recv()
+    proc.join(5)
+    ctx.destroy(0)
+    return received, elapsed
+
+
+def daemon_events(client, count: int, size: int) -> tuple[int, float, int]:
+    name = f"b{time.monotonic_ns()}"
+    with client.events(f"bench.{name}") as stream:
+        t0 = time.perf_counter()
+        client.event_burst(count, size=size, name=name)
+        received, expected = 0, 0
+        while received < count:
+            event = stream.next(timeout=10)
+            if event is None:
+                break
+            assert event.data["i"] == expected, "out of order or lost"
+            expected += 1
+            received += 1
+        return received, time.perf_counter() - t0, stream.state.resyncs - 1
+
+
+def chat_figures(client, profile_name: str, tokens: int, repeats: int) -> tuple[float, float]:
+    from engine.inference.base import GenerationRequest, open_backend
+    from engine.profiles import load_profile
+
+    prompt = "Write a short paragraph about rivers and the sea."
+    backend = open_backend(load_profile(profile_name))
+    list(client.chat_stream(prompt, max_tokens=4, timeout=600))  # the daemon loads its model
+    direct, through = [], []
+    for _ in range(repeats):
+        request = GenerationRequest(messages=[{"role": "user", "content": prompt}],
+                                    max_tokens=tokens, temperature=0.0)
+        t0 = time.perf_counter()
+        result = backend.generate(request)
+        direct.append(result.tokens / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        events = list(client.chat_stream(prompt, max_tokens=tokens, temperature=0.0,
+                                         timeout=600))
+        got = sum(1 for e in events if e.data["event"] == "token")
+        through.append(got / (time.perf_counter() - t0))
+        assert got == result.tokens, f"daemon gave {got} tokens, backend {result.tokens}"
+    backend.close()
+    return statistics.median(direct), statistics.median(through)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--event-size", type=int, default=64)
+    parser.add_argument("--chat-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--no-chat", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hlx-bench-") as home:
+        os.environ["HYPERLEX_HOME"] = home
+        from daemon.__main__ import spawn_detached
+        from daemon.client import Client
+
+        pid = spawn_detached(["--profile", args.profile])
+        client = Client(timeout=30.0)
+        try:
+            bare = percentiles(bare_round_trip(Path(home), args.requests))
+            ours = percentiles(daemon_round_trip(client, args.requests))
+            print(f"round trip over ipc, {args.requests} requests")
+            print(f"  baseline  bare pyzmq ROUTER echo   p50 {bare[0]:7.3f} ms  p99 {bare[1]:7.3f} ms")
+            print(f"  hyperlex  daemon hello request     p50 {ours[0]:7.3f} ms  p99 {ours[1]:7.3f} ms")
+            print(f"  ratio     overhead p50 {ours[0] / bare[0]:.2f}x, p99 {ours[1] / bare[1]:.2f}x")
+
+            got_bare, t_bare = bare_events(Path(home), args.events, args.event_size)
+            got_ours, t_ours, resyncs = daemon_events(client, args.events, args.event_size)
+            rate_bare, rate_ours = got_bare / t_bare, got_ours / t_ours
+            print(f"events, {args.events} x {args.event_size} bytes")
+            print(f"  baseline  bare PUB/SUB             {rate_bare:10.0f} events/s "
+                  f"({got_bare} received)")
+            print(f"  hyperlex  daemon -> EventStream    {rate_ours:10.0f} events/s "
+                  f"({got_ours} received in order, {resyncs} resyncs)")
+            print(f"  ratio     daemon / bare: {rate_ours / rate_bare:.2f}x")
+            if got_ours != args.events:
+                raise SystemExit("events were lost through the daemon")
+
+            if not args.no_chat:
+                direct, through = chat_figures(client, args.profile, args.chat_tokens,
+                                               args.repeats)
+                print(f"chat, {args.chat_tokens} tokens, median of {args.repeats}")
+                print(f"  baseline  Backend.generate direct  {direct:7.2f} tokens/s")
+                print(f"  hyperlex  chat through the daemon  {through:7.2f} tokens/s")
+                print(f"  ratio     daemon / direct: {through / direct:.3f}x (target >= 0.97)")
+        finally:
+            try:
+                client.shutdown()
+            except Exception:
+                os.kill(pid, 15)
+            client.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    main()
