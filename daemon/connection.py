@@ -227,11 +227,18 @@ def load_public_key(path: Path) -> bytes:
 
 
 def allow_client_key(public_path: Path, name: str | None = None) -> Path:
-    """Copy a client's public certificate into the allow-list directory."""
-    public = load_public_key(Path(public_path))  # validates the file
+    """Copy a client's public certificate into the allow-list directory.
+
+    Raises:
+        HyperlexError: the file is not a CURVE public certificate.
+    """
+    try:
+        load_public_key(Path(public_path))
+    except Exception as exc:  # zmq.auth raises plain errors for any malformed file
+        raise HyperlexError(f"{public_path} is not a CURVE public key certificate: {exc}",
+                            hint="make one with `hyperlex keys gen` on the client") from None
     target_dir = _private_dir(allowed_keys_dir())
     target = target_dir / f"{name or Path(public_path).stem}.key"
     target.write_text(Path(public_path).read_text())
     os.chmod(target, 0o600)
-    assert public
     return target

@@ -455,7 +455,8 @@ class Server:
 
     def on_profile_list(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         profiles = _engine("engine.profiles", "profiles")
-        return {"profiles": [str(p) for p in profiles.list_profiles()], "current": self.profile}
+        return {"profiles": [{"name": Path(p).stem, "path": str(p)}
+                             for p in profiles.list_profiles()], "current": self.profile}
 
     def on_profile_use(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         name = _arg(content, "name", str, required=True)
