@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import queue
+import re
 import signal
 import time
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from engine.paths import Dirs, dirs
 
 log = logging.getLogger("hyperlexd")
 
+PARAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Requests answered on a worker thread because they may load models or indexes.
 OFFLOADED = {"tokenize", "memory_search", "route", "profile_list", "profile_use"}
 
@@ -375,9 +377,6 @@ class Server:
     def _send_reply(self, routing: list[bytes], parent: dict[str, Any],
                     content: dict[str, Any]) -> None:
         msg_type = proto.reply_type(str(parent.get("msg_type", "")))
-        if content.get("status") == "error":
-            msg_type = proto.reply_type(str(parent.get("msg_type", ""))) \
-                if str(parent.get("msg_type", "")).endswith("_request") else "error_reply"
         header = self.session.header(msg_type)
         frames = self.session.serialize(header, content, parent, routing=routing)
         try:
@@ -502,6 +501,11 @@ class Server:
         params = _arg(content, "params", dict, default={})
         profile = _arg(content, "profile", str, default=self.profile)
         request_id = _arg(content, "request_id", str)
+        for key, value in params.items():
+            # Params become `--key value` flags of the recipe's command line.
+            if not PARAM_NAME.fullmatch(key) or not isinstance(value, (str, int, float, bool)):
+                raise BadRequest(f"job param {key[:40]!r}: names are lower_snake_case and "
+                                 "values are strings, numbers or booleans")
         job_kind(kind).command({"params": {}, "profile": profile, "run_dir": "", "resume": False})
         job, created = self.store.submit(kind, profile, dict(params), request_id,
                                          self.settings.max_queue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import threading
@@ -80,4 +81,19 @@ def test_unknown_request_gets_an_error_reply(daemon):
     with Client(read_connection_file(daemon.connection_file), timeout=3.0) as client:
         reply = client.request("launch_request", {})
         assert reply["status"] == "error" and reply["error"]["type"] == "UnknownType"
+        assert client.status()["status"] == "ok"
+
+
+@pytest.mark.parametrize("call, module", [
+    (lambda c: c.tokenize("hello"), "engine.tokenizer"),
+    (lambda c: c.memory_search("hello"), "engine.memory"),
+    (lambda c: c.route("hello"), "engine.routing"),
+])
+def test_engine_features_not_in_the_build_answer_not_available(daemon, call, module):
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is in this build")
+    with daemon.client() as client:
+        with pytest.raises(DaemonError) as err:
+            call(client)
+        assert err.value.type == "NotAvailableError" and module in err.value.message
         assert client.status()["status"] == "ok"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import time
 
+import pytest
+
 from daemon.client import Client
+
+TRAINING_MISSING = importlib.util.find_spec("engine.training") is None
 
 
 def _drain(stream, count, timeout=30.0):
@@ -31,23 +36,29 @@ def test_dropped_events_are_detected_as_a_gap_and_recovered(start_daemon):
         assert stream.state.gaps >= 1 and stream.state.resyncs >= 2
 
 
-def test_client_disconnect_mid_job_loses_no_event(client: Client):
-    job = client.job_submit("selftest", {"max_steps": 60, "step_time": 0.02})["job"]
+@pytest.mark.parametrize("kind, params, profile", [
+    ("selftest", {"max_steps": 60, "step_time": 0.02}, None),
+    pytest.param("train", {"max_steps": 12}, "tiny-test", marks=pytest.mark.skipif(
+        TRAINING_MISSING, reason="engine.training is not in this build yet")),
+])
+def test_client_disconnect_mid_job_loses_no_event(client: Client, kind, params, profile):
+    job = client.job_submit(kind, params, profile=profile)["job"]
     topic = f"job.{job['id']}.progress"
     with client.events(topic) as stream:
-        before = _drain(stream, 8)
+        before = _drain(stream, 8, timeout=240)
         stream.disconnect()  # as a dropped link would; events go on without us
         time.sleep(0.5)
         stream.connect()
         after = []
         while not after or after[-1].data.get("state") not in ("succeeded", "failed"):
-            event = stream.next(timeout=30)
+            event = stream.next(timeout=240)
             assert event is not None, "stream stalled after reconnect"
             after.append(event)
     seqs = [e.seq for e in before + after]
     assert seqs == list(range(1, len(seqs) + 1)), "a gap or a duplicate after reconnecting"
     steps = [e.data["step"] for e in before + after if e.data.get("event") == "step"]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, params["max_steps"] + 1))
+    assert after[-1].data["state"] == "succeeded"
 
 
 def test_silent_daemon_triggers_reconnect_and_resync(start_daemon):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from daemon.client import DaemonError
+from daemon.jobs import JobLog
 from daemon.selftest_job import loss_at
 
 TRAINING_MISSING = importlib.util.find_spec("engine") is None or \
@@ -109,6 +110,40 @@ def test_heavy_jobs_run_one_at_a_time_with_light_ones_alongside(client):
     while client.job_get(heavy[1])["job"]["state"] != "running":
         assert time.monotonic() < deadline, "the second heavy job never started"
         time.sleep(0.05)
+
+
+def test_sigterm_on_the_daemon_checkpoints_jobs_and_the_next_start_resumes(start_daemon):
+    first = start_daemon()
+    with first.client() as client:
+        job = client.job_submit("selftest", {"max_steps": 30, "step_time": 0.05,
+                                             "checkpoint_every": 100})["job"]
+        with client.events(f"job.{job['id']}.progress") as stream:
+            _progress(stream, lambda e: e.data.get("event") == "step" and e.data["step"] >= 3)
+    first.proc.terminate()
+    assert first.proc.wait(timeout=30) == 0  # graceful: it waited for the job's checkpoint
+    second = start_daemon()
+    with second.client() as client:
+        job = client.job_get(job["id"])["job"]
+        assert job["checkpoint"] and job["resume"] is True  # only SIGTERM wrote a checkpoint
+        done = client.wait_job(job["id"], timeout=60)
+        assert done["state"] == "succeeded" and done["attempts"] == 2
+        log = "\n".join(client.job_logs(job["id"], limit=5000)["lines"])
+        assert "stopped by SIGTERM after checkpoint" in log and "(resume=True)" in log
+
+
+def test_job_log_rotates_and_pages(tmp_path):
+    log = JobLog(tmp_path, max_bytes=200, backups=2)
+    for i in range(100):
+        log.append(f"line {i:03d} " + "x" * 20)
+    assert (tmp_path / "log.txt.1").exists() and (tmp_path / "log.txt.2").exists()
+    assert not (tmp_path / "log.txt.3").exists()
+    page = log.read(0, 5)
+    total = page["total"]
+    assert 10 < total < 100  # old lines rotated away, recent ones kept
+    last = log.read(total - 1, 5)
+    assert last["lines"] == [f"line 099 {'x' * 20}"] and last["next_offset"] == total
+    numbers = [int(line.split()[1]) for line in log.read(0, 1000)["lines"]]
+    assert numbers == sorted(numbers) and numbers[-1] == 99
 
 
 def _kill9_and_resume(start_daemon, kind, params, min_step, timeout, profile=None):
