@@ -145,6 +145,7 @@ class Server:
         self.last_progress_write: dict[int, float] = {}
         self.counters: dict[str, int] = {}
         self._next_heartbeat = 0.0
+        self._wake_pending = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                            thread_name_prefix="request")
         self.lock = InstanceLock(self.dirs.runtime / "hyperlexd.lock")
@@ -294,6 +295,7 @@ class Server:
                 timeout_ms = max(0, min(200, int((self._next_heartbeat - now) * 1000)))
                 ready = dict(poller.poll(timeout_ms))
                 if self._wake_r in ready:
+                    self._wake_pending = False  # before draining: later puts wake us again
                     try:
                         os.read(self._wake_r, 65536)
                     except BlockingIOError:
@@ -322,6 +324,14 @@ class Server:
             self._next_heartbeat = now + self.settings.heartbeat_s
 
     def _wake(self) -> None:
+        """Wake the loop (from any thread, after putting an item in the inbox).
+
+        One write per batch: a chat streaming tokens does not cost a syscall and a loop
+        wake-up per token while the loop has not drained the inbox yet.
+        """
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
