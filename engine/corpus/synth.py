@@ -9,8 +9,12 @@ The generator knows nothing of scenes, tokenizers or models.
 
 from __future__ import annotations
 
+import json
+import os
 import random
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from engine.corpus.synth_vocab import LANGS, VOCAB
 from engine.errors import DataError
@@ -145,3 +149,37 @@ def labelled(n_per_register: int, lang: str = "en", seed: int = 0) -> list[tuple
         A list of `(text, register)`.
     """
     return [(d.text, d.meta["register"]) for d in generate_all(n_per_register, lang, seed)]
+
+
+def jsonl_lines(docs: Iterable[Document]) -> Iterator[str]:
+    """One JSON line per document: `{"id", "text", "register", "lang"}` (what the corpus reader
+    and the register classifier read back)."""
+    for doc in docs:
+        record = {"id": doc.id, "text": doc.text, "register": doc.meta.get("register"),
+                  "lang": doc.meta.get("lang")}
+        yield json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | Path, docs: Iterable[Document]) -> Path:
+    """Write documents as JSONL atomically (temp file, fsync, rename).
+
+    Args:
+        path: the target file.
+        docs: the documents.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+            out.writelines(jsonl_lines(docs))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
