@@ -99,6 +99,12 @@ def decode(data: bytes, *, name: str = "<bytes>", replace: bool = False) -> Deco
     try:
         return Decoded(data.decode("utf-8"), "utf-8")
     except UnicodeDecodeError as utf8_error:
+        if _mostly_utf8(data[:GUESS_BYTES]):
+            # Valid multi-byte sequences far outnumber the broken ones: this is UTF-8 with a
+            # few bad bytes, not some 8-bit codec (which would turn all of it into mojibake).
+            if replace:
+                return _decode_with(data, "utf-8", name, replace=True)
+            raise _undecodable(name, "utf-8", utf8_error) from None
         guess = charset_normalizer.from_bytes(data[:GUESS_BYTES]).best()
         if guess is None or guess.encoding in ("utf_8", "utf-8"):
             if replace:
@@ -116,6 +122,15 @@ _COMMON_8BIT = frozenset({"cp1251", "koi8_r", "cp1252", "latin_1", "iso8859_15",
                           "cp866", "mac_cyrillic", "ascii"})
 
 
+def _mostly_utf8(sample: bytes) -> bool:
+    """True when a sample is UTF-8 but for a few broken bytes (at least 4 good characters
+    outside ASCII for each bad byte)."""
+    text = sample.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    good = sum(1 for ch in text if ord(ch) > 127) - bad
+    return good >= 4 * max(1, bad)
+
+
 def _cyrillic_codec(sample: bytes) -> str | None:
     """Pick cp1251 or koi8-r for Russian text: the right one makes most letters lowercase.
 
@@ -131,7 +146,8 @@ def _cyrillic_codec(sample: bytes) -> str | None:
         cyrillic = [ch for ch in text if "\u0400" <= ch <= "\u04ff"]
         letters = sum(1 for ch in text if ch.isalpha())
         # Russian text is mostly Cyrillic letters; accented Latin text is mostly ASCII ones.
-        if not cyrillic or len(cyrillic) < 0.5 * letters:
+        symbols = sum(1 for ch in text if ord(ch) > 127 and not ch.isalpha())
+        if not cyrillic or len(cyrillic) < 0.5 * letters or symbols > 0.1 * len(cyrillic):
             continue
         share = sum(1 for ch in cyrillic if ch.islower()) / len(cyrillic)
         if share > best_share:

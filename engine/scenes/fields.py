@@ -60,14 +60,12 @@ _TIME_RU = re.compile(
     re.IGNORECASE,
 )
 _SETTING_EN = re.compile(
-    r"\b(?:in|at|on|inside|near|by|under|beside|across) (?:the|a|an|his|her|their|our|my) "
-    r"(?:[a-z]+ ){0,2}[a-z]+",
-    re.IGNORECASE,
+    r"\b(?:[Ii]n|[Aa]t|[Oo]n|[Ii]nside|[Nn]ear|[Bb]y|[Uu]nder|[Bb]eside|[Aa]cross|[Oo]ver|[Ii]nto"
+    r"|[Tt]hrough|[Tt]o) (?:the|a|an|his|her|their|our|my) (?:[a-z]+ )?[a-z]+\b"
 )
 _SETTING_RU = re.compile(
-    r"(?<![а-яё])(?:в|во|на|у|возле|около|под|над|за) (?:[а-яё]+(?:ой|ей|ом|ем|ах|ях|е|и|у) )?"
-    r"[а-яё]+(?:е|и|у|ах|ях)(?![а-яё])",
-    re.IGNORECASE,
+    r"(?<![А-Яа-яЁё])(?:[Вв]о?|[Нн]а|[Уу]|[Вв]озле|[Оо]коло|[Пп]од|[Нн]ад|[Пп]ри) [а-яё]{3,}"
+    r"(?: [а-яё]{3,})?(?![А-Яа-яЁё])"
 )
 DEFAULT_MARKERS: tuple[str, ...] = ("∴", "∵", "→", "⇒", "⊕", "※", "§", "¶", "✦", "⟲")
 MAX_ACTORS = 5
@@ -99,6 +97,10 @@ def setting(text: str, lang: str, times: Sequence[str] = ()) -> str | None:
     lowered_times = {t.lower() for t in times}
     for match in pattern.finditer(text):
         phrase = match.group(0)
+        words = phrase.split()
+        while len(words) > 2 and words[-1].lower() in _STOPWORDS:
+            words.pop()  # "in the harbour at" -> "in the harbour"
+        phrase = " ".join(words)
         if phrase.lower() in lowered_times or _TIME_RU.fullmatch(phrase) or _TIME_EN.fullmatch(
                 phrase):
             continue
@@ -117,6 +119,16 @@ def motifs(text: str) -> list[str]:
     repeated = [(w, c) for w, c in counts.items() if c >= 2 and w not in _STOPWORDS]
     repeated.sort(key=lambda item: (-item[1], item[0]))
     return [word for word, _ in repeated[:MAX_MOTIFS]]
+
+
+def echo_words(text: str) -> list[str]:
+    """Distinct content words of six letters or more, in order of first appearance."""
+    words: dict[str, None] = {}
+    for match in _WORD.finditer(text):
+        word = match.group(0).lower()
+        if len(word) >= 6 and word not in _STOPWORDS:
+            words.setdefault(word, None)
+    return list(words)
 
 
 def rule_fields(text: str, symbols: Sequence[str] = DEFAULT_MARKERS) -> tuple[dict, list[str]]:

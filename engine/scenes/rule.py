@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engine.scenes.budget import TokenCounter, as_counter
-from engine.scenes.fields import DEFAULT_MARKERS, rule_fields
+from engine.scenes.fields import DEFAULT_MARKERS, echo_words, rule_fields
 from engine.scenes.structure import Block, blocks, sections, split_long
 from engine.types import Document, Link, Scene
 
@@ -24,6 +24,7 @@ COUNT_BATCH = 512
 PRECUT_CHARS_PER_TOKEN = 3
 MAX_ECHOES = 3
 MOTIF_MEMORY = 100_000
+ECHO_MAX_SCENES = 2
 
 
 @dataclass
@@ -178,7 +179,7 @@ class _Build:
         self.held: list[Scene] = []
         self.last_leaf: Scene | None = None
         self.leaf_index = 0
-        self.motif_seen: dict[str, tuple[int, str]] = {}
+        self.motif_seen: dict[str, tuple[int, int, str]] = {}
 
     def run(self) -> Iterator[Scene]:
         text = self.text
@@ -261,14 +262,19 @@ class _Build:
         self.leaf_index += 1
 
     def _echo(self, scene: Scene) -> None:
-        """Link to earlier, non-adjacent leaves that repeat one of this scene's motifs."""
+        """Link to earlier, non-adjacent leaves that share a rare content word (a motif).
+
+        A word counts while it has appeared in at most `ECHO_MAX_SCENES` earlier leaves: words
+        that are everywhere are not motifs.
+        """
         targets: list[str] = []
-        for motif in scene.fields.get("motifs", []):
-            seen = self.motif_seen.pop(motif, None)
-            if seen and seen[0] < self.leaf_index - 1 and seen[1] not in targets:
-                targets.append(seen[1])
-            self.motif_seen[motif] = (self.leaf_index, scene.id)
-        if len(self.motif_seen) > MOTIF_MEMORY:  # oldest motifs go first: memory stays bounded
+        for word in echo_words(scene.text):
+            count, index, scene_id = self.motif_seen.pop(word, (0, -1, ""))
+            if 0 < count <= ECHO_MAX_SCENES and index < self.leaf_index - 1 and (
+                    scene_id not in targets):
+                targets.append(scene_id)
+            self.motif_seen[word] = (count + 1, self.leaf_index, scene.id)
+        if len(self.motif_seen) > MOTIF_MEMORY:  # oldest words go first: memory stays bounded
             for key in list(self.motif_seen)[: MOTIF_MEMORY // 10]:
                 del self.motif_seen[key]
         scene.links.extend(Link(to=target, kind="echo") for target in targets[:MAX_ECHOES])
