@@ -50,8 +50,6 @@ def stability(tokenizer: Hypertokenizer, texts: Sequence[str],
     expected to change against the base and are skipped there; they still must survive
     save and load.
     """
-    from tokenizers import Tokenizer
-
     from engine.tokenizer.hypertokenizer import _base_backend
 
     base = _base_backend(tokenizer.hf.backend_tokenizer, tokenizer.hypertokens)
@@ -64,7 +62,6 @@ def stability(tokenizer: Hypertokenizer, texts: Sequence[str],
             changed.append({"index": index, "text": _preview(text)})
     result: dict[str, Any] = {"compared_with_base": compared, "changed_by_hypertokens": len(changed),
                               "changed": changed[:SHOWN]}
-    assert isinstance(base, Tokenizer)
     if saved_dir is not None:
         tokenizer.save(saved_dir)
         loaded = Hypertokenizer.load(saved_dir)
