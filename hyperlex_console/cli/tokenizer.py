@@ -111,6 +111,7 @@ def train_command(sources: tuple[str, ...], demo: bool, demo_size: int, kind: st
                                 special=profile.tokenizer.special)
     check = reversibility(tokenizer, texts)
     result = {"output": str(Path(output)), "kind": kind, "size": len(tokenizer),
+              "requested_vocab": vocab_size,
               "hypertokens": len(tokenizer.hypertokens), "texts": len(texts),
               "round_trip_rate": check["rate"], "round_trip_failures": check["exceptions"]}
     if as_json:
@@ -118,6 +119,9 @@ def train_command(sources: tuple[str, ...], demo: bool, demo_size: int, kind: st
         return
     stdout.print(f"trained {kind} tokenizer: {len(tokenizer)} tokens "
                  f"({len(tokenizer.hypertokens)} hypertokens) on {len(texts)} texts -> {output}")
+    if len(tokenizer) < vocab_size:
+        stdout.print(f"note: the corpus supports only {len(tokenizer)} of the {vocab_size} "
+                     "tokens asked for; more text gives a larger vocabulary")
     stdout.print(f"round trip over the training texts: {check['rate']:.4f}")
 
 
