@@ -136,8 +136,12 @@ class _Requests:
     def chat_cancel(self, chat_id: str) -> Any:
         return self._call("chat_cancel", {"chat_id": chat_id})
 
-    def tokenize(self, text: str) -> Any:
-        return self._call("tokenize", {"text": _check(text, str, "text")})
+    def tokenize(self, text: str, profile: str | None = None) -> Any:
+        """Token ids and pieces of `text` under the profile's hypertokenizer."""
+        content = {"text": _check(text, str, "text")}
+        if profile:
+            content["profile"] = profile
+        return self._call("tokenize", content)
 
     def memory_search(self, query: str, k: int = 5) -> Any:
         return self._call("memory_search", {"query": _check(query, str, "query"), "k": k})

@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import signal
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -145,6 +146,8 @@ class Server:
         self.last_progress_write: dict[int, float] = {}
         self.counters: dict[str, int] = {}
         self._next_heartbeat = 0.0
+        self._tokenizers: dict[str, Any] = {}
+        self._tokenizers_lock = threading.Lock()
         self._wake_pending = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                            thread_name_prefix="request")
@@ -577,9 +580,19 @@ class Server:
         return {"cancelled": self.models.cancel(_arg(content, "chat_id", str, required=True))}
 
     def on_tokenize(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """Token ids and pieces of `text` under a profile's hypertokenizer (cached per profile)."""
         text = _arg(content, "text", str, required=True)
+        profile_name = _arg(content, "profile", str, default=self.profile)
         module = _engine("engine.tokenizer", "tokenizer tests")
-        return {"tokens": _call_engine(module, "tokenize", self.profile, text)}
+        with self._tokenizers_lock:
+            tokenizer = self._tokenizers.get(profile_name)
+            if tokenizer is None:
+                profile = importlib.import_module("engine.profiles").load_profile(profile_name)
+                tokenizer = module.Hypertokenizer.from_profile(profile)
+                self._tokenizers[profile_name] = tokenizer
+        ids = tokenizer.encode_text(text)
+        return {"ids": ids, "pieces": tokenizer.pieces(ids), "count": len(ids),
+                "hypertoken_ids": [i for i in ids if tokenizer.is_hypertoken_id(i)]}
 
     def on_memory_search(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         query = _arg(content, "query", str, required=True)

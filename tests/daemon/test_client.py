@@ -85,7 +85,6 @@ def test_unknown_request_gets_an_error_reply(daemon):
 
 
 @pytest.mark.parametrize("call, module", [
-    (lambda c: c.tokenize("hello"), "engine.tokenizer"),
     (lambda c: c.memory_search("hello"), "engine.memory"),
     (lambda c: c.route("hello"), "engine.routing"),
 ])
@@ -97,3 +96,13 @@ def test_engine_features_not_in_the_build_answer_not_available(daemon, call, mod
             call(client)
         assert err.value.type == "NotAvailableError" and module in err.value.message
         assert client.status()["status"] == "ok"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("engine.tokenizer") is None,
+                    reason="engine.tokenizer is not in this build")
+def test_tokenize_through_the_daemon_never_makes_hypertokens_from_text(daemon):
+    with daemon.client(timeout=120.0) as client:
+        plain = client.tokenize("A quiet harbour at dawn.", profile="tiny-test")
+        assert plain["count"] == len(plain["ids"]) > 0 and plain["hypertoken_ids"] == []
+        sneaky = client.tokenize("text with <|scene|> inside", profile="tiny-test")
+        assert sneaky["hypertoken_ids"] == []  # user text never becomes a hypertoken
