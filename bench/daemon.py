@@ -213,10 +213,18 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--no-chat", action="store_true")
     parser.add_argument("--only-chat", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="llama.cpp threads for both sides (0: the profile's own). One "
+                             "thread keeps the figure steady on a 2-core machine doing other work")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hlx-bench-") as home:
         os.environ["HYPERLEX_HOME"] = home
+        if args.threads:
+            derived = Path(home) / "bench.toml"
+            derived.write_text(f'name = "bench"\nextends = "{args.profile}"\n'
+                               f"[device]\nthreads = {args.threads}\n")
+            args.profile = str(derived)
         from daemon.__main__ import spawn_detached
         from daemon.client import Client
 
