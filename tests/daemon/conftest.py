@@ -1,0 +1,111 @@
+"""Fixtures for daemon tests: a private HYPERLEX_HOME and real hyperlexd processes.
+
+Every daemon here is the real `python -m daemon --foreground` in its own process, so kill -9,
+SIGTERM and restarts behave exactly as for a person.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.client import Client
+from daemon.connection import connection_file_path, read_connection_file
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own short HYPERLEX_HOME (ipc paths must stay under 107 bytes)."""
+    home = tmp_path_factory.mktemp("h")
+    monkeypatch.setenv("HYPERLEX_HOME", str(home))
+    return home
+
+
+class DaemonProcess:
+    """A hyperlexd started for a test."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.args = args
+        self.log = Path(os.environ["HYPERLEX_HOME"]) / f"daemon-{time.monotonic_ns()}.log"
+        self.out = open(self.log, "wb")
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--foreground", *args],
+                                     cwd=ROOT, env=full_env, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self) -> DaemonProcess:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        path = connection_file_path()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hyperlexd exited {self.proc.returncode}:\n{self.output()}")
+            if path.exists():
+                try:
+                    if read_connection_file(path).pid == self.pid:
+                        return self
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"hyperlexd did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        self.out.flush()
+        return self.log.read_text(errors="replace")
+
+    def client(self, **kwargs) -> Client:
+        return Client(read_connection_file(), **{"timeout": 5.0, **kwargs})
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+
+@pytest.fixture
+def start_daemon():
+    """A factory: `start_daemon(*args)` starts hyperlexd and waits until it serves."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(*args, env=env)
+        started.append(daemon)
+        return daemon.wait_ready() if wait else daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    return start_daemon()
+
+
+@pytest.fixture
+def client(daemon):
+    with daemon.client() as c:
+        yield c
+
+
