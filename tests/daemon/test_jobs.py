@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 
 import pytest
@@ -154,11 +153,7 @@ def test_kill_9_during_tiny_training_resumes_and_loss_continues(start_daemon):
     before, steps, job = _kill9_and_resume(
         start_daemon, "train", {"max_steps": 30}, min_step=5, timeout=240,
         profile="tiny-test")
-    first_resumed = steps[0]["step"]
-    assert first_resumed > 5
-    last_loss_before = before[max(before)]
-    # The loss goes on from where it was, not from the untrained start.
-    assert steps[0]["loss"] < before[min(before)] or abs(steps[0]["loss"] - last_loss_before) \
-        < abs(before[min(before)] - last_loss_before) + 1e-6
-    assert job["state"] == "succeeded"
-    assert json.dumps(job["result"])
+    assert steps[0]["step"] > 5  # resumed after a checkpoint, not from step 1
+    # The loss goes on from where it was, below the untrained start.
+    assert steps[0]["loss"] < before[min(before)]
+    assert job["state"] == "succeeded" and job["result"]["adapter_dir"]
