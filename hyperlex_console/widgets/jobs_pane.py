@@ -192,7 +192,7 @@ class JobsPane(Pane):
             old = self._shown[job_id]
             for key, value in cells.items():
                 if old.get(key) != value:
-                    table.update_cell(str(job_id), key, value)
+                    table.update_cell(str(job_id), key, value, update_width=True)
             self._shown[job_id] = cells
 
     @on(DataTable.RowHighlighted, "#jobs-table")
