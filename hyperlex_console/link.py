@@ -70,7 +70,10 @@ class DaemonLink:
         client = self._lanes.get(lane)
         if client is None:
             client = self._lanes[lane] = AsyncClient(self._primary.info, timeout=30.0, retries=1)
-        return await getattr(client, verb)(*args, **kwargs)
+        # Shielded: a worker cancelled mid-request (an exclusive worker replaced by a newer one)
+        # must not abandon a pending receive on the socket, or the next reply would be lost.
+        return await asyncio.shield(asyncio.ensure_future(getattr(client, verb)(*args,
+                                                                                **kwargs)))
 
     # --- the connection loop --------------------------------------------------------------------
 
