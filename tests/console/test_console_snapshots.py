@@ -30,6 +30,13 @@ def console() -> HyperlexConsole:
     return app
 
 
+async def ready(pilot) -> None:
+    """Wait until every pane is mounted (tabs mount their content a frame later)."""
+    while not pilot.app.screen_stack or not pilot.app.main.query("#pane-profiles"):
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
 def connected(app: HyperlexConsole) -> None:
     bar = app.main.status_bar
     bar.set_connection("connected", "local (embedded)")
@@ -46,7 +53,7 @@ def with_jobs(app: HyperlexConsole) -> None:
 
 def test_jobs_pane(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         connected(pilot.app)
         with_jobs(pilot.app)
         await pilot.pause()
@@ -56,7 +63,7 @@ def test_jobs_pane(snap_compare):
 
 def test_submit_form(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         connected(pilot.app)
         pilot.app.main.pane("jobs").job_kinds = {"train": True, "eval": False, "selftest": True}
         await pilot.press("s")
@@ -67,7 +74,7 @@ def test_submit_form(snap_compare):
 
 def test_loss_pane(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         app = pilot.app
         connected(app)
         loss = app.main.pane("loss")
@@ -86,7 +93,7 @@ def test_loss_pane(snap_compare):
 
 def test_logs_pane(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         app = pilot.app
         connected(app)
         logs = app.main.pane("logs")
@@ -101,7 +108,7 @@ def test_logs_pane(snap_compare):
 
 def test_chat_pane_ab(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         app = pilot.app
         connected(app)
         await pilot.press("5")
@@ -121,7 +128,7 @@ def test_chat_pane_ab(snap_compare):
 
 def test_tokenizer_pane(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         from hyperlex_console.widgets.tokenizer_pane import render_pieces, verdict_text
 
         app = pilot.app
@@ -144,7 +151,7 @@ def test_tokenizer_pane(snap_compare):
 
 def test_reconnecting_status_bar(snap_compare):
     async def run_before(pilot):
-        await pilot.pause()
+        await ready(pilot)
         app = pilot.app
         with_jobs(app)
         app.main.status_bar.set_connection("reconnecting", "ssh ops@gpu-box",
