@@ -89,6 +89,8 @@ def parse_answer(answer: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"register {data['register']!r} is not one of {', '.join(REGISTERS)}"
     for key, spec in properties.items():
         value = data[key]
+        if "enum" in spec:
+            continue  # the register, checked above
         if spec["type"] == "string":
             if not isinstance(value, str) or len(value) > spec["maxLength"]:
                 return None, f"{key} must be a string of at most {spec['maxLength']} characters"
