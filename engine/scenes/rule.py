@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engine.scenes.budget import TokenCounter, as_counter
-from engine.scenes.fields import DEFAULT_MARKERS, echo_words, rule_fields
+from engine.scenes.fields import DEFAULT_MARKERS, rule_fields
 from engine.scenes.structure import Block, blocks, sections, split_long
 from engine.types import Document, Link, Scene
 
@@ -250,8 +250,8 @@ class _Build:
         scene.meta["tokens"] = group.tokens
         scene.meta["kind"] = group.kind
         if self.options.fill_fields:
-            scene.fields, scene.markers = rule_fields(scene.text, self.options.markers)
-            self._echo(scene)
+            scene.fields, scene.markers, words = rule_fields(scene.text, self.options.markers)
+            self._echo(scene, words)
         if self.last_leaf is not None:
             self.last_leaf.links.append(Link(to=scene.id, kind="next"))
             scene.links.append(Link(to=self.last_leaf.id, kind="prev"))
@@ -261,14 +261,14 @@ class _Build:
         self.last_leaf = scene
         self.leaf_index += 1
 
-    def _echo(self, scene: Scene) -> None:
+    def _echo(self, scene: Scene, words: list[str]) -> None:
         """Link to earlier, non-adjacent leaves that share a rare content word (a motif).
 
         A word counts while it has appeared in at most `ECHO_MAX_SCENES` earlier leaves: words
         that are everywhere are not motifs.
         """
         targets: list[str] = []
-        for word in echo_words(scene.text):
+        for word in words:
             count, index, scene_id = self.motif_seen.pop(word, (0, -1, ""))
             if 0 < count <= ECHO_MAX_SCENES and index < self.leaf_index - 1 and (
                     scene_id not in targets):
