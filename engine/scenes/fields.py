@@ -59,6 +59,14 @@ _TIME_RU = re.compile(
 )
 # The time patterns run on lowercased text: case-insensitive matching of this many alternatives
 # at every word costs about 5x more (measured on bench/scenes.py's corpus).
+# Every time pattern holds one of these (digits included), so without them there is no match.
+_TIME_KEYS_EN = ("dawn", "dusk", "noon", "night", "sunrise", "sunset", "morning", "evening",
+                 "day", "winter", "summer", "spring", "autumn", "fall", "yesterday", "today",
+                 "tomorrow", "tonight", "years", "hours", "weeks", *"0123456789")
+_TIME_KEYS_RU = ("рассвет", "закат", "полдень", "полноч", "утр", "вечер", "ноч", "днём", "днем",
+                 "вчера", "сегодня", "завтра", "зимой", "летом", "весной", "осенью", "ден", "дня",
+                 "понедельник", "вторник", "среду", "четверг", "пятницу", "субботу",
+                 "воскресенье", "лет", "года", "часов", "недель", *"0123456789")
 _SETTING_EN = re.compile(
     r"\b(?:[Ii]n|[Aa]t|[Oo]n|[Ii]nside|[Nn]ear|[Bb]y|[Uu]nder|[Bb]eside|[Aa]cross|[Oo]ver|[Ii]nto"
     r"|[Tt]hrough|[Tt]o) (?:the|a|an|his|her|their|our|my) (?:[a-z]+ )?[a-z]+\b"
@@ -92,8 +100,13 @@ def actors(text: str) -> list[str]:
 def time_cues(text: str, lang: str) -> list[str]:
     """Time expressions ("at dawn", "на рассвете", "in 1921"), lowercased, in order, without
     repeats."""
+    lowered = text.lower()
+    keys = _TIME_KEYS_RU if lang == "ru" else _TIME_KEYS_EN
+    # Substring checks run in C; most scenes have no time word, and skip the regex entirely.
+    if not any(key in lowered for key in keys):
+        return []
     pattern = _TIME_RU if lang == "ru" else _TIME_EN
-    return list(dict.fromkeys(pattern.findall(text.lower())))[:5]
+    return list(dict.fromkeys(pattern.findall(lowered)))[:5]
 
 
 def setting(text: str, lang: str, times: Sequence[str] = ()) -> str | None:
