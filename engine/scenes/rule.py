@@ -10,7 +10,9 @@ so a long document costs memory for its spans, not for its scenes.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from engine.scenes.budget import TokenCounter, as_counter
@@ -24,6 +26,8 @@ COUNT_BATCH = 512
 PRECUT_CHARS_PER_TOKEN = 3
 MAX_ECHOES = 3
 MOTIF_MEMORY = 100_000
+# Sections counted ahead of the one being emitted (bounded, so memory stays bounded).
+PLANS_AHEAD = 2
 ECHO_MAX_SCENES = 2
 
 
@@ -181,24 +185,44 @@ class _Build:
         self.leaf_index = 0
         self.motif_seen: dict[str, tuple[int, int, str]] = {}
 
+    def _plan(self, span: tuple[int, int]) -> tuple[tuple[int, int], list[_Piece], list[_Group]]:
+        pieces = self.former.count_pieces(self.text, list(blocks(self.text, *span)))
+        return span, pieces, self.former.group(pieces)
+
+    def _plans(self, spans: list[tuple[int, int]]) -> Iterator[tuple]:
+        """Section plans in order. With several sections, a worker thread counts tokens of the
+        next sections while this one fills fields: the tokenizer releases the GIL, so on two
+        cores counting and field extraction overlap instead of adding up."""
+        if len(spans) == 1:
+            yield self._plan(spans[0])
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            window: deque = deque()
+            for span in spans:
+                window.append(pool.submit(self._plan, span))
+                if len(window) > PLANS_AHEAD:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
     def run(self) -> Iterator[Scene]:
         text = self.text
-        section_spans = sections(text)
-        plans = []
-        for a, b in section_spans:
-            pieces = self.former.count_pieces(text, list(blocks(text, a, b)))
-            plans.append(((a, b), pieces, self.former.group(pieces)))
-        leaves_total = sum(len(groups) for _, _, groups in plans)
-        tokens_total = sum(p.tokens for _, pieces, _ in plans for p in pieces)
-        if leaves_total == 1 and not self._wants_beats(plans[0][2][0]):
-            yield from self._leaf(plans[0][2][0], level=0, parent=None)
-            yield from self._flush()
-            return
-        root = self._container((0, len(text)), level=0, parent=None, tokens=tokens_total)
+        spans = sections(text)
+        plans = self._plans(spans)
+        if len(spans) == 1:
+            only = next(plans)
+            if len(only[2]) == 1 and not self._wants_beats(only[2][0]):
+                yield from self._leaf(only[2][0], level=0, parent=None)
+                yield from self._flush()
+                return
+            plans = iter([only])
+        # The document scene goes first, before its sections are all counted, so it carries no
+        # token count: its leaves hold them.
+        root = self._container((0, len(text)), level=0, parent=None, tokens=None)
         yield from self._hold(root)
         for (a, b), pieces, groups in plans:
             parent, level = root.id, 1
-            if len(plans) > 1 and len(groups) > 1:
+            if len(spans) > 1 and len(groups) > 1:
                 section = self._container((a, b), level=1, parent=root.id,
                                           tokens=sum(p.tokens for p in pieces))
                 if pieces[0].kind == "heading":
@@ -235,11 +259,12 @@ class _Build:
                      parent=parent, source=dict(self.source), meta=meta)
 
     def _container(self, span: tuple[int, int], level: int, parent: str | None,
-                   tokens: int) -> Scene:
+                   tokens: int | None) -> Scene:
         a, b = span
         elided = b - a > self.options.container_text_max
         scene = self._base(span, level, parent, "" if elided else self.text[a:b])
-        scene.meta["tokens"] = tokens
+        if tokens is not None:
+            scene.meta["tokens"] = tokens
         if elided:
             scene.meta["text_elided"] = True
         return scene
