@@ -36,14 +36,13 @@ SCENE_SCHEMA: dict[str, Any] = {
     "required": ["register", "actors", "setting", "mood", "claims", "function"],
     "additionalProperties": False,
 }
-PROMPT = """Describe this scene as JSON with these keys:
-register: one of logic (reasoning, proof), emotion (feelings), archetype (myth, hero, symbols),
-function (instructions, how a thing works);
-actors: the people or beings in it; setting: where it happens; mood: one or two words;
-claims: up to three statements it makes; function: what the scene does in the text.
-
-Scene:
+PROMPT = """Passage:
 {text}
+
+Label the passage above. register: "logic" for reasoning, "emotion" for feelings, "archetype"
+for myth and symbols, "function" for instructions. actors: names of the people in the passage.
+setting: the place. mood: one word. claims: short statements the passage makes. function: what
+the passage does, in a few words. Answer in JSON.
 """
 MAX_SCENE_CHARS = 1500
 
@@ -89,6 +88,8 @@ def parse_answer(answer: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"register {data['register']!r} is not one of {', '.join(REGISTERS)}"
     for key, spec in properties.items():
         value = data[key]
+        if "enum" in spec:
+            continue  # the register, checked above
         if spec["type"] == "string":
             if not isinstance(value, str) or len(value) > spec["maxLength"]:
                 return None, f"{key} must be a string of at most {spec['maxLength']} characters"

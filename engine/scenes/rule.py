@@ -5,16 +5,19 @@ Document (level 0) → sections at headings and breaks (level 1) → scenes pack
 block). Spans tile the document, so the leaf scenes joined in span order give it back byte for
 byte. Tokens are counted once per block, in batches, with the profile's tokenizer; a scene's
 count is the sum of its blocks' counts. Scenes are yielded as they are made, in document order,
-so a long document costs memory for its spans, not for its scenes.
+so a long document costs memory for its text and one batch of spans, not for its scenes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 
 from engine.scenes.budget import TokenCounter, as_counter
-from engine.scenes.fields import DEFAULT_MARKERS, echo_words, rule_fields
+from engine.scenes.fields import DEFAULT_MARKERS, rule_fields
 from engine.scenes.structure import Block, blocks, sections, split_long
 from engine.types import Document, Link, Scene
 
@@ -24,6 +27,9 @@ COUNT_BATCH = 512
 PRECUT_CHARS_PER_TOKEN = 3
 MAX_ECHOES = 3
 MOTIF_MEMORY = 100_000
+# Sections counted ahead of the one being emitted (bounded, so memory stays bounded).
+PLANS_AHEAD = 2
+PLAN_AHEAD_MAX_CHARS = 1_000_000
 ECHO_MAX_SCENES = 2
 
 
@@ -50,7 +56,7 @@ class RuleOptions:
     fill_fields: bool = True
 
 
-@dataclass
+@dataclass(slots=True)  # a 200 MB line makes half a million of these
 class _Piece:
     start: int
     end: int
@@ -58,7 +64,7 @@ class _Piece:
     tokens: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
     pieces: list[_Piece]
 
@@ -113,56 +119,67 @@ class RuleSceneformer:
             return
         yield from _Build(self, doc).run()
 
-    def count_pieces(self, text: str, spans: list[Block]) -> list[_Piece]:
-        """Count tokens of blocks, cutting any that exceed the budget until all fit."""
+    def count_pieces(self, text: str, spans: Iterable[Block]) -> Iterator[_Piece]:
+        """Count tokens of blocks, in batches, cutting any that exceed the budget until all fit.
+
+        Lazy: only one batch of spans is held at a time, so a 200 MB line costs the memory of
+        a batch, not of its half a million pieces.
+        """
         limit = self.options.max_tokens
         precut = limit * PRECUT_CHARS_PER_TOKEN
-        todo: list[tuple[int, int, str]] = []
+        batch: list[tuple[int, int, str]] = []
         for block in spans:
             if block.end - block.start > precut:
-                todo.extend((a, b, block.kind) for a, b in split_long(
+                parts = ((a, b, block.kind) for a, b in split_long(
                     text, block.start, block.end, precut))
             else:
-                todo.append((block.start, block.end, block.kind))
-        pieces: list[_Piece] = []
-        while todo:
-            batch, todo = todo[:COUNT_BATCH], todo[COUNT_BATCH:]
-            counts = self.counter.count_many([text[a:b] for a, b, _ in batch])
-            again: list[tuple[int, int, str]] = []
-            for (a, b, kind), count in zip(batch, counts, strict=False):
-                if count > limit and b - a > 1:
-                    again.extend((x, y, kind) for x, y in split_long(text, a, b, (b - a + 1) // 2))
-                else:
-                    if again:  # keep document order: re-cut pieces go before what follows
-                        pieces.extend(self._finish(text, again))
-                        again = []
-                    pieces.append(_Piece(a, b, kind, count))
-            if again:
-                pieces.extend(self._finish(text, again))
-        return pieces
+                parts = iter([(block.start, block.end, block.kind)])
+            for part in parts:
+                batch.append(part)
+                if len(batch) >= COUNT_BATCH:
+                    yield from self._count_batch(text, batch, limit)
+                    batch = []
+        if batch:
+            yield from self._count_batch(text, batch, limit)
 
-    def _finish(self, text: str, spans: list[tuple[int, int, str]]) -> list[_Piece]:
-        return self.count_pieces(text, [Block(a, b, kind) for a, b, kind in spans])
+    def _count_batch(self, text: str, batch: list[tuple[int, int, str]],
+                     limit: int) -> Iterator[_Piece]:
+        counts = self.counter.count_many([text[a:b] for a, b, _ in batch])
+        for (a, b, kind), count in zip(batch, counts, strict=False):
+            if count > limit and b - a > 1:
+                halves = [Block(x, y, kind) for x, y in split_long(text, a, b, (b - a + 1) // 2)]
+                yield from self.count_pieces(text, halves)
+            else:
+                yield _Piece(a, b, kind, count)
 
-    def group(self, pieces: list[_Piece]) -> list[_Group]:
-        """Pack consecutive pieces into scenes of min..max tokens; breaks close a scene."""
+    def group(self, pieces: Iterable[_Piece]) -> Iterator[_Group]:
+        """Pack consecutive pieces into scenes of min..max tokens; breaks close a scene.
+
+        A short last scene joins the one before when both fit, so the previous scene is held
+        back by one.
+        """
         low, high = self.options.min_tokens, self.options.max_tokens
-        groups: list[_Group] = []
+        previous: _Group | None = None
         current: list[_Piece] = []
         tokens = 0
         for piece in pieces:
             if current and (tokens + piece.tokens > high or (
                     piece.kind == "break" and tokens >= low)):
-                groups.append(_Group(current))
+                if previous is not None:
+                    yield previous
+                previous = _Group(current)
                 current, tokens = [], 0
             current.append(piece)
             tokens += piece.tokens
         if current:
-            if groups and tokens < low and groups[-1].tokens + tokens <= high:
-                groups[-1].pieces.extend(current)
+            if previous is not None and tokens < low and previous.tokens + tokens <= high:
+                previous.pieces.extend(current)
             else:
-                groups.append(_Group(current))
-        return groups
+                if previous is not None:
+                    yield previous
+                previous = _Group(current)
+        if previous is not None:
+            yield previous
 
 
 class _Build:
@@ -181,31 +198,56 @@ class _Build:
         self.leaf_index = 0
         self.motif_seen: dict[str, tuple[int, int, str]] = {}
 
+    def _groups(self, span: tuple[int, int]) -> Iterator[_Group]:
+        return self.former.group(self.former.count_pieces(self.text, blocks(self.text, *span)))
+
+    def _plans(self, spans: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], Iterator]]:
+        """Each section with its scene groups, in order.
+
+        With several sections, a worker thread counts the tokens of the next sections while this
+        one fills fields: the tokenizer releases the GIL, so on two cores counting and field
+        extraction overlap instead of adding up. A section too big to plan ahead is counted
+        lazily here instead, so memory stays bounded.
+        """
+        if len(spans) == 1:
+            yield spans[0], self._groups(spans[0])
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            window: deque = deque()
+            for span in spans:
+                if span[1] - span[0] > PLAN_AHEAD_MAX_CHARS:
+                    while window:
+                        yield window.popleft().result()
+                    yield span, self._groups(span)
+                    continue
+                window.append(pool.submit(lambda s: (s, iter(list(self._groups(s)))), span))
+                if len(window) > PLANS_AHEAD:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
     def run(self) -> Iterator[Scene]:
         text = self.text
-        section_spans = sections(text)
-        plans = []
-        for a, b in section_spans:
-            pieces = self.former.count_pieces(text, list(blocks(text, a, b)))
-            plans.append(((a, b), pieces, self.former.group(pieces)))
-        leaves_total = sum(len(groups) for _, _, groups in plans)
-        tokens_total = sum(p.tokens for _, pieces, _ in plans for p in pieces)
-        if leaves_total == 1 and not self._wants_beats(plans[0][2][0]):
-            yield from self._leaf(plans[0][2][0], level=0, parent=None)
-            yield from self._flush()
-            return
-        root = self._container((0, len(text)), level=0, parent=None, tokens=tokens_total)
-        yield from self._hold(root)
-        for (a, b), pieces, groups in plans:
+        spans = sections(text)
+        root: Scene | None = None
+        for span, groups in self._plans(spans):
+            first = next(groups)
+            second = next(groups, None)
+            if root is None:
+                if len(spans) == 1 and second is None and not self._wants_beats(first):
+                    yield from self._leaf(first, level=0, parent=None)  # the whole document
+                    break
+                root = self._container((0, len(text)), level=0, parent=None)
+                yield from self._hold(root)
             parent, level = root.id, 1
-            if len(plans) > 1 and len(groups) > 1:
-                section = self._container((a, b), level=1, parent=root.id,
-                                          tokens=sum(p.tokens for p in pieces))
-                if pieces[0].kind == "heading":
-                    section.fields["title"] = text[pieces[0].start:pieces[0].end].strip()
+            if len(spans) > 1 and second is not None:
+                section = self._container(span, level=1, parent=root.id)
+                if first.pieces[0].kind == "heading":
+                    head = first.pieces[0]
+                    section.fields["title"] = text[head.start:head.end].strip()
                 yield from self._hold(section)
                 parent, level = section.id, 2
-            for group in groups:
+            for group in chain([first], [second] if second is not None else [], groups):
                 yield from self._group(group, level, parent)
         yield from self._flush()
 
@@ -216,7 +258,8 @@ class _Build:
         if not self._wants_beats(group):
             yield from self._leaf(group, level, parent)
             return
-        scene = self._container((group.start, group.end), level, parent, group.tokens)
+        scene = self._container((group.start, group.end), level, parent)
+        scene.meta["tokens"] = group.tokens
         scene.meta["group_kind"] = group.kind  # `kind` marks leaves only
         yield from self._hold(scene)
         for piece in group.pieces:
@@ -234,12 +277,12 @@ class _Build:
         return Scene(id=self._new_id(), doc=self.doc.id, span=span, text=text, level=level,
                      parent=parent, source=dict(self.source), meta=meta)
 
-    def _container(self, span: tuple[int, int], level: int, parent: str | None,
-                   tokens: int) -> Scene:
+    def _container(self, span: tuple[int, int], level: int, parent: str | None) -> Scene:
+        # Documents and sections go out before all their tokens are counted, so they carry no
+        # count: their leaves hold them.
         a, b = span
         elided = b - a > self.options.container_text_max
         scene = self._base(span, level, parent, "" if elided else self.text[a:b])
-        scene.meta["tokens"] = tokens
         if elided:
             scene.meta["text_elided"] = True
         return scene
@@ -250,8 +293,8 @@ class _Build:
         scene.meta["tokens"] = group.tokens
         scene.meta["kind"] = group.kind
         if self.options.fill_fields:
-            scene.fields, scene.markers = rule_fields(scene.text, self.options.markers)
-            self._echo(scene)
+            scene.fields, scene.markers, words = rule_fields(scene.text, self.options.markers)
+            self._echo(scene, words)
         if self.last_leaf is not None:
             self.last_leaf.links.append(Link(to=scene.id, kind="next"))
             scene.links.append(Link(to=self.last_leaf.id, kind="prev"))
@@ -261,14 +304,14 @@ class _Build:
         self.last_leaf = scene
         self.leaf_index += 1
 
-    def _echo(self, scene: Scene) -> None:
+    def _echo(self, scene: Scene, words: list[str]) -> None:
         """Link to earlier, non-adjacent leaves that share a rare content word (a motif).
 
         A word counts while it has appeared in at most `ECHO_MAX_SCENES` earlier leaves: words
         that are everywhere are not motifs.
         """
         targets: list[str] = []
-        for word in echo_words(scene.text):
+        for word in words:
             count, index, scene_id = self.motif_seen.pop(word, (0, -1, ""))
             if 0 < count <= ECHO_MAX_SCENES and index < self.leaf_index - 1 and (
                     scene_id not in targets):

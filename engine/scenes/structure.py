@@ -118,7 +118,7 @@ def _classify(text: str, start: int, end: int) -> Iterator[Block]:
     yield Block(start, end, "paragraph")
 
 
-def split_long(text: str, start: int, end: int, target_chars: int) -> list[tuple[int, int]]:
+def split_long(text: str, start: int, end: int, target_chars: int) -> Iterator[tuple[int, int]]:
     """Cut an over-long span into pieces of about `target_chars`, at sentence ends if possible.
 
     Falls back to whitespace, then to a hard cut, so a text with no spaces still splits.
@@ -129,17 +129,15 @@ def split_long(text: str, start: int, end: int, target_chars: int) -> list[tuple
         end: the span's end.
         target_chars: the wanted piece length in characters.
 
-    Returns:
-        Spans tiling [start, end).
+    Yields:
+        Spans tiling [start, end), lazily (a 200 MB line gives half a million).
     """
-    pieces: list[tuple[int, int]] = []
     position = start
     while end - position > target_chars:
         cut = _good_cut(text, position + target_chars // 2, position + target_chars)
-        pieces.append((position, cut))
+        yield position, cut
         position = cut
-    pieces.append((position, end))
-    return pieces
+    yield position, end
 
 
 def _good_cut(text: str, low: int, high: int) -> int:
