@@ -28,15 +28,18 @@ QWEN = (
     "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are Qwen, created by "
     "Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{% endif %}" + CHATML
 )
+# Tokenizers without a BOS or EOS token leave the variable undefined; render nothing for it.
+_BOS = "(bos_token if bos_token is defined and bos_token else '')"
+_EOS = "(eos_token if eos_token is defined and eos_token else '')"
 MISTRAL = (
-    "{{ bos_token }}{% set system = '' %}{% for message in messages %}"
+    "{{ " + _BOS + " }}{% set system = '' %}{% for message in messages %}"
     "{% if message['role'] == 'system' %}{% set system = message['content'] + '\\n\\n' %}"
     "{% elif message['role'] == 'user' %}{{ '[INST] ' + system + message['content'] + ' [/INST]' }}"
-    "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+    "{% else %}{{ message['content'] + " + _EOS + " }}{% endif %}{% endfor %}"
 )
 SAIGA = (
-    "{% for message in messages %}{{ bos_token + message['role'].replace('assistant', 'bot') + "
-    "'\\n' + message['content'] + eos_token }}{% endfor %}"
+    "{% for message in messages %}{{ " + _BOS + " + message['role'].replace('assistant', 'bot') + "
+    "'\\n' + message['content'] + " + _EOS + " }}{% endfor %}"
 )
 BUILT_IN_TEMPLATES = {"chatml": CHATML, "qwen": QWEN, "mistral": MISTRAL, "saiga": SAIGA}
 

@@ -78,12 +78,17 @@ def default_run_dir(profile: Any, mode: str) -> Path:
     return dirs().state / "runs" / f"{stamp}-{profile.name}-{mode}"
 
 
-def load_scenes(path: Path | None, profile: Any, hypertokenizer: Any) -> list[Any]:
-    """Scenes from a JSONL file (bad lines reported, good ones kept) or the demo corpus."""
+def load_scenes(path: Path | None, profile: Any, hypertokenizer: Any
+                ) -> tuple[list[Any], list[Any]]:
+    """Scenes from a JSONL file or the demo corpus, and the file's bad lines (skipped).
+
+    Raises:
+        DataError: the file is missing or holds no valid scene.
+    """
     if path is None:
         from engine.data.demo import demo_scenes
 
-        return demo_scenes(profile, hypertokenizer.hf)
+        return demo_scenes(profile, hypertokenizer.hf), []
     from engine.scenes.io import read_scenes
 
     if not Path(path).is_file():
@@ -92,7 +97,7 @@ def load_scenes(path: Path | None, profile: Any, hypertokenizer: Any) -> list[An
     scenes = list(read_scenes(path, errors))
     if errors and not scenes:
         raise DataError(f"{path}: no valid scene; first problem: {errors[0]}")
-    return scenes
+    return scenes, errors
 
 
 def fingerprint(profile: Any, mode: str, max_steps: int, processes: int) -> dict[str, Any]:
@@ -175,7 +180,11 @@ class LoRARecipe:
             torch.set_num_threads(self.profile.device.threads)
 
         self.hypertokenizer = Hypertokenizer.from_profile(self.profile)
-        scenes = load_scenes(self.cfg.data, self.profile, self.hypertokenizer)
+        scenes, bad_lines = load_scenes(self.cfg.data, self.profile, self.hypertokenizer)
+        if bad_lines:
+            self.log(f"{self.cfg.data}: {len(bad_lines)} bad line(s) skipped, "
+                     f"{len(scenes)} scenes kept; "
+                     + "; ".join(str(error) for error in bad_lines[:5]))
         self.data: TrainingData = build_training_data(self.profile, self.hypertokenizer, scenes,
                                                       self.mode)
         self._plan_batches()
