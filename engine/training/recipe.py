@@ -564,20 +564,23 @@ class _nullcontext:
         return None
 
 
-def main(cfg: RunConfig, *, handle_sigterm: bool = False) -> RunResult:
+def main(cfg: RunConfig, *, handle_sigterm: bool = False, handle_sigint: bool = False
+         ) -> RunResult:
     """Run a whole training: setup, train, cleanup.
 
     Args:
         cfg: the run's configuration.
         handle_sigterm: on SIGTERM, finish the current step, write a checkpoint and return a
             stopped result (for a process the daemon runs).
+        handle_sigint: the same for Ctrl-C (for the command line).
     """
     recipe = LoRARecipe(cfg)
-    if handle_sigterm:
-        signal.signal(signal.SIGTERM, lambda *_: recipe.request_stop("SIGTERM"))
+    for wanted, number in ((handle_sigterm, signal.SIGTERM), (handle_sigint, signal.SIGINT)):
+        if wanted:
+            signal.signal(number, lambda signum, _frame: recipe.request_stop(
+                signal.Signals(signum).name))
     try:
         recipe.setup()
         return recipe.train()
     finally:
         recipe.cleanup()
-
