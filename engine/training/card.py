@@ -21,6 +21,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _peak_cuda_mb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def run_card(recipe: Any, result: Any, evals: list[tuple[int, float]]) -> dict[str, Any]:
     """The card of a finished run.
 
@@ -49,6 +57,7 @@ def run_card(recipe: Any, result: Any, evals: list[tuple[int, float]]) -> dict[s
             "tokens_per_s": recipe.tokens_seen / recipe.train_seconds
             if recipe.train_seconds else None,
             "peak_rss_mb": round(recipe.peak_rss_mb(), 1),
+            "peak_cuda_mb": _peak_cuda_mb(),
             "early_stopped": recipe.early_stopped,
         },
         "outputs": {"adapter_dir": str(result.adapter_dir), "loss_curve": "loss.png",
