@@ -135,6 +135,7 @@ class LoRARecipe:
         self.history: list[dict[str, Any]] = []
         self.metrics_file: Any = None
         self.early_stopped = False
+        self.checkpointed_step = -1
 
     # --- events -------------------------------------------------------------------------------
 
@@ -425,6 +426,7 @@ class LoRARecipe:
         A failed write (a full disk) is reported and training goes on: the previous checkpoint
         is untouched, and the next one may succeed.
         """
+        self.checkpointed_step = self.step  # every rank, so that all agree without talking
         rng_states = distributed.gather_objects(self._rng_state(), self.world)
         if not self.world.is_main:
             return None
@@ -488,7 +490,8 @@ class LoRARecipe:
     def _finish(self) -> RunResult:
         stopped = self.stop_requested and not self.early_stopped
         if stopped:
-            self.save_checkpoint()
+            if self.checkpointed_step != self.step:
+                self.save_checkpoint()
             self.log(f"stopped at step {self.step}: {self.stop_reason}; resume with --resume")
             result = RunResult(self.run_dir, None, self._final_loss(), self.last_eval,
                                self.base_eval, stopped=True, steps=self.step, losses=self.losses)
