@@ -66,6 +66,30 @@ def _base_backend(backend: Any, hypertokens: Iterable[str]) -> Any:
     return base
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-character table, inverted: the character that stands for each byte."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def _byte_level_bytes(raw: str) -> bytes:
+    """The bytes of a byte-level BPE token string, or b"" when it is not one."""
+    if raw and all(ch in _BYTE_OF_CHAR for ch in raw):
+        return bytes(_BYTE_OF_CHAR[ch] for ch in raw)
+    return b""
+
+
 class Hypertokenizer:
     """A base tokenizer with hypertokens appended; see the module docstring for the contract.
 
@@ -277,10 +301,15 @@ class Hypertokenizer:
         return str(self._text_backend.decode(list(ids), skip_special_tokens=False))
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
-        """The text each id stands for on its own (bytes that are not whole characters: escaped)."""
+        """What each id stands for on its own: its text, or `<0xNN>` for a token that holds
+        only part of a character (its bytes mean nothing alone)."""
         out = []
         for token_id in ids:
             piece = self._text_backend.decode([token_id], skip_special_tokens=False)
+            if "\ufffd" in piece or not piece:
+                raw = self._text_backend.id_to_token(token_id) or ""
+                raw_bytes = _byte_level_bytes(raw)
+                piece = "".join(f"<0x{b:02X}>" for b in raw_bytes) if raw_bytes else raw
             out.append(piece)
         return out
 

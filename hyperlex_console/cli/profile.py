@@ -89,11 +89,12 @@ def check_command(files: tuple[str, ...], as_json: bool) -> None:
     else:
         for result in results:
             if result["ok"]:
-                stdout.print(f"[green]ok[/]    {result['file']}")
+                stdout.print(f"[green]ok[/]    {result['file']}", soft_wrap=True)
                 for warning in result["warnings"]:
                     stdout.print(f"      warning: {warning}", markup=False, soft_wrap=True)
             else:
-                stdout.print(f"[red]FAIL[/]  {result['file']}: {len(result['problems'])} problem(s)")
+                stdout.print(f"[red]FAIL[/]  {result['file']}: {len(result['problems'])} problem(s)",
+                             soft_wrap=True)
                 for problem in result["problems"]:
                     stdout.print(f"      {problem}", markup=False, soft_wrap=True)
     sys.exit(1 if failed else 0)
