@@ -119,7 +119,7 @@ def read_sqlite(path: Path, table: str) -> ReadResult:
         raise DataError(f"{path}: table '{table}' has no 'text' column",
                         hint=f"columns used: {', '.join(KNOWN_COLUMNS)}")
     for number, values in enumerate(cursor, 1):
-        _add_row(result, path, number, dict(zip(columns, values)))
+        _add_row(result, path, number, dict(zip(columns, values, strict=True)))
     db.close()
     return result
 

@@ -294,7 +294,7 @@ class SceneMemory:
             scores, fids = scores[order], fids[order]
         scenes = self.store.fetch(fids[:k])
         hits = [Hit(scenes[f].scene_id, float(s), scenes[f].data)
-                for s, f in zip(scores[:k], fids[:k]) if f in scenes]
+                for s, f in zip(scores[:k], fids[:k], strict=True) if f in scenes]
         hint = None if hits else "no scene matches these filters"
         return SearchResult(hits, hint)
 
@@ -389,7 +389,7 @@ class SceneMemory:
             fresh = self.embedder.encode([texts[h] for h in to_embed], batch_size=32,
                                          progress=encode_progress)
             fresh = np.asarray(fresh, dtype=np.float32)
-            new = dict(zip(to_embed, fresh))
+            new = dict(zip(to_embed, fresh, strict=True))
             cached.update(new)
             report.embedded = len(to_embed)
             self._pending_cache = new
@@ -532,7 +532,8 @@ class SceneMemory:
         try:
             data = path.read_bytes()
         except OSError as error:
-            raise DataError(f"the memory index {path} cannot be read: {error}", hint=hint) from error
+            raise DataError(f"the memory index {path} cannot be read: {error}",
+                            hint=hint) from error
         if hashlib.sha256(data).hexdigest() != self.store.get_info("index_sha256"):
             raise DataError(f"the memory index {path} is corrupt (checksum mismatch)", hint=hint)
         spec = IndexSpec(**json.loads(self.store.get_info("index_spec")))

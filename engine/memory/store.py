@@ -78,7 +78,8 @@ class MetadataStore:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise DataError(f"the memory metadata file {self.path} is not readable: {error}",
-                            hint="restore it from a backup or move it away to start afresh") from error
+                            hint="restore it from a backup or move it away to start afresh"
+                            ) from error
 
     def close(self) -> None:
         """Close the connection."""

@@ -71,7 +71,7 @@ class Confusion:
         width = max(9, *(len(label) + 1 for label in self.labels))
         head = "true\\pred".ljust(width) + "".join(label.rjust(width) for label in self.labels)
         lines = [head]
-        for label, row in zip(self.labels, self.matrix):
+        for label, row in zip(self.labels, self.matrix, strict=True):
             lines.append(label.ljust(width) + "".join(str(int(n)).rjust(width) for n in row))
         lines.append(f"accuracy {self.accuracy:.3f} on {int(self.matrix.sum())} prompts")
         return "\n".join(lines)
@@ -148,7 +148,7 @@ class RegisterClassifier:
         predicted = self.predict(texts, embedder)
         labels = list(self.labels)
         matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-        for truth, guess in zip(registers, predicted):
+        for truth, guess in zip(registers, predicted, strict=True):
             matrix[labels.index(truth), labels.index(guess)] += 1
         return Confusion(labels, matrix)
 
@@ -179,7 +179,8 @@ class RegisterClassifier:
                 weights, bias = data["weights"], data["bias"]
         except (OSError, KeyError, ValueError) as error:
             raise DataError(f"cannot read the router classifier {path}: {error}",
-                            hint="train one with `hyperlex route --train labelled.jsonl`") from error
+                            hint="train one with `hyperlex route --train labelled.jsonl`"
+                            ) from error
         if (meta.get("format") != FORMAT or meta.get("ngram_dim") != NGRAM_DIM
                 or meta.get("ngram_weight") != NGRAM_WEIGHT):
             raise DataError(f"{path} is not a hyperlex router classifier ({meta.get('format')})")

@@ -93,8 +93,9 @@ class Router:
     def route_many(self, prompts: Sequence[str]) -> list[RouteDecision]:
         """Decisions for several prompts (one embedding pass)."""
         probabilities = self.classifier.predict_proba(list(prompts), self.embedder)
-        return [self.decide(prompt, dict(zip(self.classifier.labels, map(float, row))))
-                for prompt, row in zip(prompts, probabilities)]
+        labels = self.classifier.labels
+        return [self.decide(prompt, {label: float(p) for label, p in zip(labels, row, strict=True)})
+                for prompt, row in zip(prompts, probabilities, strict=True)]
 
     def decide(self, prompt: str, scores: dict[str, float]) -> RouteDecision:
         """Turn register scores into a decision under the threshold and fallback rules."""

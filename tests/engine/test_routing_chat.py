@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_routing_classifier import EMBEDDER, SEED, make_prompts
+from test_routing_classifier import shared_classifier, shared_embedder
 
 from engine.routing.chat import RoutedChat
-from engine.routing.classifier import RegisterClassifier
 from engine.routing.multi_lora import MultiLoraModel
 from engine.routing.router import Router, RouterConfig
 
@@ -59,16 +58,7 @@ def adapter_dirs(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def router(adapter_dirs):
-    from engine.embedding import Embedder
-
-    embedder = Embedder.load(spec=EMBEDDER)
-    texts, labels = [], []
-    for lang in ("en", "ru"):
-        t, lab = make_prompts("train", lang)
-        texts += t
-        labels += lab
-    classifier = RegisterClassifier.train(texts, labels, embedder, EMBEDDER, seed=SEED)
-    return Router(classifier, embedder, RouterConfig(0.4, "base", adapter_dirs))
+    return Router(shared_classifier(), shared_embedder(), RouterConfig(0.4, "base", adapter_dirs))
 
 
 def test_routed_chat_of_8_messages_uses_the_expected_adapter(router, tiny_dir):

@@ -6,6 +6,7 @@ held-out prompt's wording, only its register's vocabulary.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
@@ -34,7 +35,8 @@ PROMPTS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         ], [
             "the sum of two even numbers is even", "every prime above two is odd",
             "all squares are rectangles", "no reptile is a mammal and every snake is a reptile",
-            "the function is continuous on a closed interval", "x is greater than y and y greater than z",
+            "the function is continuous on a closed interval",
+            "x is greater than y and y greater than z",
             "every set has an empty subset", "the premises imply the conclusion",
         ]),
         "ru": ([
@@ -154,21 +156,33 @@ def make_prompts(part: str, lang: str) -> tuple[list[str], list[str]]:
     return [texts[i] for i in order], [labels[i] for i in order]
 
 
-@pytest.fixture(scope="module")
-def embedder():
+@functools.lru_cache(maxsize=1)
+def shared_embedder():
+    """The real MiniLM, loaded once per test session (other test modules import this)."""
     from engine.embedding import Embedder
 
     return Embedder.load(spec=EMBEDDER)
 
 
-@pytest.fixture(scope="module")
-def trained(embedder):
+@functools.lru_cache(maxsize=1)
+def shared_classifier() -> RegisterClassifier:
+    """The classifier trained on the training frames of both languages, once per session."""
     texts, labels = [], []
     for lang in ("en", "ru"):
         t, lab = make_prompts("train", lang)
         texts += t
         labels += lab
-    return RegisterClassifier.train(texts, labels, embedder, EMBEDDER, seed=SEED)
+    return RegisterClassifier.train(texts, labels, shared_embedder(), EMBEDDER, seed=SEED)
+
+
+@pytest.fixture
+def embedder():
+    return shared_embedder()
+
+
+@pytest.fixture
+def trained():
+    return shared_classifier()
 
 
 def test_held_out_frames_are_unseen():
