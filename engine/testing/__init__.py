@@ -1,0 +1,1 @@
+"""Helpers that build small, real artefacts for tests and benchmarks (no mocks)."""

