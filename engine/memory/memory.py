@@ -62,6 +62,13 @@ class MemoryConfig:
     mmr: bool = False
     mmr_lambda: float = 0.5
 
+    @classmethod
+    def from_profile(cls, profile: Any) -> MemoryConfig:
+        """The `[memory]` section of a loaded profile."""
+        section = profile.memory
+        return cls(embedder=section.embedder, index=section.index, flat_max=section.flat_max,
+                   mmr=section.mmr, mmr_lambda=getattr(section, "mmr_lambda", 0.5))
+
 
 @dataclass
 class Hit:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_routing_classifier import shared_classifier, shared_embedder
 
 from engine.routing.chat import RoutedChat
 from engine.routing.multi_lora import MultiLoraModel
 from engine.routing.router import Router, RouterConfig
+from tests.engine.test_routing_classifier import shared_classifier, shared_embedder
 
 REGISTERS = ("logic", "emotion", "archetype", "function")
 PROBE = [{"role": "user", "content": "the river remembers every stone"}]
