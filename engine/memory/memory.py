@@ -360,28 +360,29 @@ class SceneMemory:
 
     def _plan(self, items: list[dict[str, Any]], report: AddReport) -> list[dict[str, Any]]:
         """Sort scenes into new, changed and unchanged; attach hashes and old ids."""
+        items = list({item["id"]: item for item in items}.values())  # the last line of an id wins
+        live = self.store.live_rows([item["id"] for item in items])
+        same_text = []
         plan: list[dict[str, Any]] = []
-        seen: dict[str, int] = {}
         for item in items:
             vector = item.pop("vector", None)
             vector = None if vector is None else np.asarray(vector, dtype=np.float32)
             digest = content_hash(item["text"], vector)
             entry = {"scene": item, "hash": digest, "vector": vector, "old": None}
-            row = self.store.live_row(item["id"])
-            if item["id"] in seen:  # a later line with the same id wins
-                plan[seen[item["id"]]] = entry
-                continue
+            row = live.get(item["id"])
             if row is not None:
-                old_fid, old_hash = row
-                entry["old"] = old_fid
-                if old_hash == digest:
-                    stored = self.store.fetch([old_fid])[old_fid].data
-                    if stored == item:
-                        report.unchanged += 1
-                        continue
-                    entry["metadata_only"] = True
-            seen[item["id"]] = len(plan)
+                entry["old"] = row[0]
+                if row[1] == digest:
+                    same_text.append(entry)
+                    continue
             plan.append(entry)
+        stored = self.store.fetch([entry["old"] for entry in same_text])
+        for entry in same_text:
+            if stored[entry["old"]].data == entry["scene"]:
+                report.unchanged += 1
+            else:
+                entry["metadata_only"] = True
+                plan.append(entry)
         return plan
 
     def _vectors_for(self, plan: list[dict[str, Any]], report: AddReport,
@@ -432,10 +433,8 @@ class SceneMemory:
             if getattr(self, "_pending_cache", None):
                 self.store.cache_vectors(self._pending_cache, self.embedder_name)
             removed = list(delete_fids)
-            new_fids: list[int] = []
-            row = 0
-            total = len(plan)
-            for done, entry in enumerate(plan, 1):
+            inserts = []
+            for entry in plan:
                 if entry.get("metadata_only"):
                     self.store.update_data(entry["old"], entry["scene"])
                     report.updated += 1
@@ -446,10 +445,13 @@ class SceneMemory:
                     report.updated += 1
                 else:
                     report.added += 1
-                new_fids.append(self.store.insert(entry["scene"], entry["hash"], vectors[row]))
-                row += 1
-                if progress and done % 1000 == 0:
-                    progress("store", done, total)
+                inserts.append((entry["scene"], entry["hash"]))
+            if progress:
+                progress("store", 0, len(inserts))
+            new_fids = self.store.insert_many(inserts, vectors) if inserts else []
+            row = len(inserts)
+            if progress:
+                progress("store", row, row)
             for fid in delete_fids:
                 self.store.tombstone(fid)
             report.deleted = len(delete_fids)

@@ -119,15 +119,39 @@ class MetadataStore:
             "SELECT fid, content_hash FROM scenes WHERE scene_id = ? AND deleted = 0",
             (scene_id,)).fetchone()
 
-    def insert(self, scene: dict[str, Any], content_hash: str, vector: np.ndarray) -> int:
-        """Insert a live scene row and return its new FAISS id."""
-        cursor = self.db.execute(
-            "INSERT INTO scenes(scene_id, doc, register, level, content_hash, data, vector)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (scene["id"], scene.get("doc"), scene.get("register"), scene.get("level"),
-             content_hash, json.dumps(scene, ensure_ascii=False),
-             np.ascontiguousarray(vector, dtype=np.float32).tobytes()))
-        return int(cursor.lastrowid)
+    def live_rows(self, scene_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """`{scene_id: (fid, content_hash)}` of those ids that are live."""
+        out: dict[str, tuple[int, str]] = {}
+        if not self.count():
+            return out
+        for start in range(0, len(scene_ids), 900):
+            chunk = list(scene_ids[start:start + 900])
+            marks = ",".join("?" * len(chunk))
+            for scene_id, fid, digest in self.db.execute(
+                    "SELECT scene_id, fid, content_hash FROM scenes"
+                    f" WHERE deleted = 0 AND scene_id IN ({marks})", chunk):
+                out[scene_id] = (fid, digest)
+        return out
+
+    def insert_many(self, rows: Sequence[tuple[dict[str, Any], str]],
+                    vectors: np.ndarray) -> list[int]:
+        """Insert live rows (scene, content hash) with their vectors; returns their FAISS ids.
+
+        Must run inside `begin()`: the write lock makes the next ids ours to hand out, which
+        lets one `executemany` do the work of a statement per row (about 3x faster in bulk).
+        """
+        (sequence,) = self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'scenes'").fetchone()
+        (top,) = self.db.execute("SELECT COALESCE(MAX(fid), 0) FROM scenes").fetchone()
+        first = max(sequence, top) + 1
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.db.executemany(
+            "INSERT INTO scenes(fid, scene_id, doc, register, level, content_hash, data, vector)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ((first + i, scene["id"], scene.get("doc"), scene.get("register"), scene.get("level"),
+              digest, json.dumps(scene, ensure_ascii=False), vectors[i].tobytes())
+             for i, (scene, digest) in enumerate(rows)))
+        return list(range(first, first + len(rows)))
 
     def update_data(self, fid: int, scene: dict[str, Any]) -> None:
         """Replace a live row's JSON and filter columns; the vector stays (same text)."""
