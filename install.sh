@@ -99,7 +99,12 @@ if [ "$MODELS" = 1 ]; then
 
   step "build the default model cache (GGUF -> safetensors, once)"
   .venv/bin/hyperlex model info default --json > .venv/.hyperlex-model-info.json
-  "$VPY" -c 'import json; d = json.load(open(".venv/.hyperlex-model-info.json")); c = d["conversion"]; print(f"{d[\"architecture\"]} {d[\"parameters\"]/1e6:.0f}M params, vocab {d[\"vocab_size\"]}; conversion {c[\"cold_seconds\"]} s (once), cached load {d[\"cached_load_seconds\"]} s")'
+  "$VPY" - <<'PY'
+import json
+info = json.load(open(".venv/.hyperlex-model-info.json"))
+print(f"{info['architecture']}, {info['parameters'] / 1e6:.0f}M parameters, vocab {info['vocab_size']}; "
+      f"conversion {info['conversion']['cold_seconds']} s (once), cached load {info['cached_load_seconds']} s")
+PY
 fi
 
 trap - ERR

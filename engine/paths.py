@@ -7,6 +7,7 @@ user's real directories. Without it the platform's own directories (XDG on Linux
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,12 @@ def dirs() -> Dirs:
         root = Path(home).expanduser().resolve()
         return Dirs(config=root / "config", state=root / "state", cache=root / "cache",
                     runtime=root / "run")
-    runtime = platformdirs.user_runtime_dir(APP_NAME)
+    # platformdirs warns and guesses when XDG_RUNTIME_DIR is unset (headless servers, CI);
+    # a per-user directory under the temp dir is the usual fallback for sockets.
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = platformdirs.user_runtime_dir(APP_NAME)
+    else:
+        runtime = os.path.join(tempfile.gettempdir(), f"{APP_NAME}-{os.getuid()}")
     return Dirs(
         config=Path(platformdirs.user_config_dir(APP_NAME)),
         state=Path(platformdirs.user_state_dir(APP_NAME)),

@@ -99,6 +99,9 @@ def info_command(name_or_profile: str, no_load: bool, as_json: bool) -> None:
             hf_model_dir(spec)
             info = {**model_info(spec), "profile": profile}
             info["conversion"]["this_run_seconds"] = round(time.perf_counter() - started, 2)
+        import torch  # noqa: F401  (library import time is not model load time)
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
         started = time.perf_counter()
         load_causal_lm(spec)
         info["cached_load_seconds"] = round(time.perf_counter() - started, 3)
