@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def scenes(n: int, start: int = 0, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = rng.standard_normal((n, DIM)).astype(np.float32).round(5).tolist()
-    return [{"id": f"s#{start + i}", "doc": "d", "span": [0, 1], "text": f"scene {start + i}",
+    return [{"id": f"s#{start + i}", "doc": "d", "span": [0, len(f"scene {start + i}")],
+             "text": f"scene {start + i}",
              "register": "logic", "level": 2, "vector": rows[i]} for i in range(n)]
 
 

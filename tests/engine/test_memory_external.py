@@ -82,7 +82,8 @@ def test_cli_memory_add_search_stats_and_bad_lines(tmp_path, loaded_once):
     path = tmp_path / "scenes.jsonl"
     lines = [json.dumps(s) for s in good]
     lines.insert(2, '{"id": "broken"')
-    lines.insert(5, json.dumps({"id": "x", "text": "t", "span": [0, 1], "colour": "red"}))
+    lines.insert(5, json.dumps({"id": "x", "doc": "d", "text": "t", "span": [0, 1],
+                                "colour": "red"}))
     path.write_text("\n".join(lines) + "\n")
     runner = CliRunner()
 
@@ -94,8 +95,9 @@ def test_cli_memory_add_search_stats_and_bad_lines(tmp_path, loaded_once):
     assert added.exit_code == 1  # bad lines make the exit non-zero ...
     report = json.loads(added.stdout.splitlines()[-1])
     assert report["added"] == 12  # ... but the good scenes are kept
-    assert report["problems"] == [f"{path}:3: not JSON (Expecting ',' delimiter)",
-                                  f"{path}:6: unknown key 'colour'"]
+    assert report["problems"] == [
+        f"{path}:3: broken JSON: Expecting ',' delimiter at column 1",
+        f"{path}:6: unknown key 'colour'"]
 
     found = runner.invoke(main, ["memory", "search", "the hero returns home", "-k", "2",
                                  "--register", "archetype", "--memory", memory_dir, "--json"])
