@@ -9,6 +9,7 @@ Knows the classifier and the profile's `[router]` settings; nothing of backends 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,4 +151,25 @@ def labelled_examples(items: Iterable[dict[str, Any]]) -> tuple[list[str], list[
         if item.get("register") and isinstance(item.get("text"), str) and item["text"].strip():
             texts.append(item["text"])
             registers.append(item["register"])
+    return texts, registers
+
+
+def split_sentences(text: str, min_chars: int = 20) -> list[str]:
+    """The sentences of a text, as prompt-sized training examples (short fragments dropped)."""
+    parts = re.split(r"(?<=[.!?…])\s+", " ".join(text.split()))
+    return [part for part in parts if len(part) >= min_chars]
+
+
+def synthetic_examples(n_per_register: int, langs: Sequence[str] = ("en", "ru"),
+                       seed: int = 0) -> tuple[list[str], list[str]]:
+    """(texts, registers) from the synthetic corpus, one example per sentence: prompts are
+    a sentence or two, so the router learns from text of that size."""
+    from engine.corpus.synth import labelled
+
+    texts, registers = [], []
+    for lang in langs:
+        for text, register in labelled(n_per_register, lang, seed):
+            for sentence in split_sentences(text):
+                texts.append(sentence)
+                registers.append(register)
     return texts, registers

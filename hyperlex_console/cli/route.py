@@ -18,6 +18,7 @@ from engine.routing.router import (
     default_classifier_path,
     labelled_examples,
     load_router,
+    synthetic_examples,
 )
 from hyperlex_console.cli.common import emit_json, handles_errors, json_option, profile_option
 from hyperlex_console.cli.common import stdout as out
@@ -52,6 +53,8 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
 @click.option("--train", "train_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Train the router on labelled prompts/scenes (JSONL text+register, CSV).")
+@click.option("--train-synthetic", "synthetic_docs", type=int, default=0, metavar="N",
+              help="Train on N synthetic documents per register and language (en, ru).")
 @click.option("--train-from-memory", is_flag=True,
               help="Train on the labelled scenes in the memory too.")
 @click.option("--memory", "memory_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -64,13 +67,15 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
 @profile_option
 @json_option
 @handles_errors
-def group(prompts: tuple[str, ...], train_files: tuple[Path, ...], train_from_memory: bool,
+def group(prompts: tuple[str, ...], train_files: tuple[Path, ...], synthetic_docs: int,
+          train_from_memory: bool,
           memory_dir: Path | None, classifier_path: Path | None, threshold: float | None,
           fallback: str | None, profile_name: str, as_json: bool) -> None:
     """Show where each PROMPT is routed: register scores, adapter, or base/mix below threshold.
 
     \b
     Examples:
+      hyperlex route --train-synthetic 40           # the built-in labelled corpus
       hyperlex route --train labelled.jsonl
       hyperlex route "Prove that every prime above two is odd" --json
       hyperlex route --fallback mix --threshold 0.7 "Мне одиноко, расскажи миф о герое"
@@ -86,10 +91,11 @@ def group(prompts: tuple[str, ...], train_files: tuple[Path, ...], train_from_me
     path = classifier_path or default_classifier_path()
     embedder_spec = MemoryConfig.from_profile(profile).embedder
     embedder = Embedder.load(spec=embedder_spec)
-    if not prompts and not train_files and not train_from_memory:
+    training = bool(train_files or train_from_memory or synthetic_docs)
+    if not prompts and not training:
         raise DataError("nothing to do: give a prompt to route, or --train FILE")
-    if train_files or train_from_memory:
-        texts, registers = [], []
+    if training:
+        texts, registers = synthetic_examples(synthetic_docs) if synthetic_docs else ([], [])
         for file in train_files:
             t, r = read_labelled(file)
             texts += t

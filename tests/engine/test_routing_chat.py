@@ -16,7 +16,8 @@ from tests.engine.test_routing_classifier import shared_classifier, shared_embed
 
 REGISTERS = ("logic", "emotion", "archetype", "function")
 PROBE = [{"role": "user", "content": "the river remembers every stone"}]
-# Eight held-out messages (frames the router never trained on), two per register, en and ru.
+# Eight messages, two per register, in English and Russian (routing accuracy itself is
+# measured in test_routing_classifier.py).
 CONVERSATION = [
     ("Is this argument valid: all squares are rectangles, therefore the conclusion holds?",
      "logic"),
@@ -25,7 +26,7 @@ CONVERSATION = [
     ("Как работает термостат?", "function"),
     ("Why do I get anxious every evening?", "emotion"),
     ("Какой архетип воплощает Одиссей: наставник, трикстер или тень?", "archetype"),
-    ("What happens when the clutch fails?", "function"),
+    ("Explain what the database index does in the system.", "function"),
     ("Найди ошибку в рассуждении, что все квадраты являются прямоугольниками.", "logic"),
 ]
 
