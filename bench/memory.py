@@ -229,11 +229,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20k + 100k random, 2k real")
     parser.add_argument("--queries", type=int, default=500, help="queries per data set")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--real", type=int, default=None,
+                        help="real MiniLM vectors (default 10,000; 2,000 with --quick)")
     parser.add_argument("--prepare-real", action="store_true",
                         help="only embed and cache the real vectors (slow once: MiniLM on CPU)")
     args = parser.parse_args()
     sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000)
-    real_n = 2_000 if args.quick else 10_000
+    real_n = args.real or (2_000 if args.quick else 10_000)
     if args.prepare_real:
         _, _, info = real_vectors(real_n, min(args.queries, 1_000))
         print(f"real vectors ready: {info}")
