@@ -295,7 +295,7 @@ class SceneMemory:
             A SearchResult; on an empty memory, no hits and a hint.
         """
         self._refresh()
-        if self.index is None or len(self) == 0:
+        if self.index is None or self.index.ntotal == 0:
             return SearchResult([], hint=EMPTY_HINT)
         vector = self._query_vector(query)
         use_mmr = self.config.mmr if mmr is None else mmr

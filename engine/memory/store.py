@@ -32,9 +32,11 @@ CREATE TABLE IF NOT EXISTS scenes (
     level INTEGER,
     content_hash TEXT NOT NULL,
     data TEXT NOT NULL,
-    vector BLOB,
     deleted INTEGER NOT NULL DEFAULT 0
 );
+-- Vectors live apart from the scene rows: counting or filtering scenes then never reads 1.5 KB
+-- of vector per row (a COUNT over 1M rows went from a 2 GB scan to the small table).
+CREATE TABLE IF NOT EXISTS vectors (fid INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS scenes_live_id ON scenes(scene_id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS scenes_register ON scenes(register) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS scenes_doc ON scenes(doc) WHERE deleted = 0;
@@ -122,7 +124,7 @@ class MetadataStore:
     def live_rows(self, scene_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
         """`{scene_id: (fid, content_hash)}` of those ids that are live."""
         out: dict[str, tuple[int, str]] = {}
-        if not self.count():
+        if not self.has_live():
             return out
         for start in range(0, len(scene_ids), 900):
             chunk = list(scene_ids[start:start + 900])
@@ -146,11 +148,13 @@ class MetadataStore:
         first = max(sequence, top) + 1
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.db.executemany(
-            "INSERT INTO scenes(fid, scene_id, doc, register, level, content_hash, data, vector)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO scenes(fid, scene_id, doc, register, level, content_hash, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             ((first + i, scene["id"], scene.get("doc"), scene.get("register"), scene.get("level"),
-              digest, json.dumps(scene, ensure_ascii=False), vectors[i].tobytes())
+              digest, json.dumps(scene, ensure_ascii=False))
              for i, (scene, digest) in enumerate(rows)))
+        self.db.executemany("INSERT INTO vectors(fid, vector) VALUES (?, ?)",
+                            ((first + i, vectors[i].tobytes()) for i in range(len(rows))))
         return list(range(first, first + len(rows)))
 
     def update_data(self, fid: int, scene: dict[str, Any]) -> None:
@@ -166,7 +170,13 @@ class MetadataStore:
 
     def drop_tombstone_vectors(self) -> None:
         """Free the vectors of deleted rows (after a rebuild no index holds them)."""
-        self.db.execute("UPDATE scenes SET vector = NULL WHERE deleted = 1")
+        self.db.execute(
+            "DELETE FROM vectors WHERE fid IN (SELECT fid FROM scenes WHERE deleted = 1)")
+
+    def has_live(self) -> bool:
+        """Whether any live scene exists (cheap, unlike a count)."""
+        return self.db.execute("SELECT 1 FROM scenes WHERE deleted = 0 LIMIT 1").fetchone() \
+            is not None
 
     def count(self, *, deleted: bool = False) -> int:
         """Number of live rows, or of tombstones when `deleted`."""
@@ -224,7 +234,7 @@ class MetadataStore:
             chunk = fids[start:start + 900]
             marks = ",".join("?" * len(chunk))
             for fid, blob in self.db.execute(
-                    f"SELECT fid, vector FROM scenes WHERE fid IN ({marks})", chunk):
+                    f"SELECT fid, vector FROM vectors WHERE fid IN ({marks})", chunk):
                 by_fid[fid] = np.frombuffer(blob, dtype=np.float32)
         matrix = np.zeros((len(fids), dim), dtype=np.float32)
         for row, fid in enumerate(fids):
@@ -236,8 +246,9 @@ class MetadataStore:
         last = -1
         while True:
             rows = self.db.execute(
-                "SELECT fid, vector FROM scenes WHERE deleted = 0 AND fid > ? ORDER BY fid"
-                " LIMIT ?", (last, batch)).fetchall()
+                "SELECT v.fid, v.vector FROM vectors v JOIN scenes s ON s.fid = v.fid"
+                " WHERE s.deleted = 0 AND v.fid > ? ORDER BY v.fid LIMIT ?",
+                (last, batch)).fetchall()
             if not rows:
                 return
             fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
