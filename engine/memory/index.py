@@ -2,8 +2,8 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. The kind follows the size of the
 memory unless a profile fixes it: an exact `flat` index up to `flat_max` vectors (50k by default),
-an inverted-file `ivf` index beyond (on 1M clustered 384-d vectors it reached recall@10 0.97+ at
-20x+ the queries/s of numpy brute force; see bench/memory.py). `hnsw` and `ivfpq` (8x smaller,
+an inverted-file `ivf` index beyond (on 1M clustered 384-d vectors: recall@10 0.991 at 38x the
+queries/s of numpy brute force; see bench/memory.py). `hnsw` and `ivfpq` (8x smaller,
 lossy) are there for those who choose them. Every kind stores the memory's own ids (the SQLite
 rowids), so a hit maps straight back to a scene.
 
@@ -61,7 +61,8 @@ def choose_spec(kind: str, dim: int, size: int, flat_max: int = DEFAULT_FLAT_MAX
         kind = "flat" if size <= flat_max else "ivf"
     if kind in ("ivf", "ivfpq"):
         # About 2*sqrt(n) lists keeps each list near sqrt(n)/2 vectors; visiting 1/128 of them
-        # measured recall@10 0.99 at 70x numpy brute force on clustered 1M (bench/memory.py).
+        # measured recall@10 0.991 at 38x numpy brute-force queries/s on clustered 1M
+        # (bench/memory.py, on a busy 2-core machine).
         # ...but never fewer than 39 training points a list (FAISS's floor for k-means).
         nlist = int(min(max(min(2 * math.sqrt(max(size, 1)), size // 39), 16), 8192))
         nprobe = max(8, nlist // 128)
