@@ -143,39 +143,29 @@ def read_gguf_info(path: Path) -> dict[str, Any]:
     Raises:
         ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
     """
+    from engine.gguf_header import GGUFHeaderError, read_header
+
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ModelFormatError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')",
                                hint="re-download or re-export the file")
     try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError, IndexError, struct errors on bad files
-        raise ModelFormatError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}",
+        header = read_header(path)
+    except GGUFHeaderError as exc:
+        raise ModelFormatError(f"{path} is truncated or corrupt: {exc}",
                                hint="re-download or re-export the file") from exc
-
-    def value(key: str) -> Any:
-        fld = reader.fields.get(key)
-        if fld is None:
-            return None
-        if fld.types and fld.types[0].name == "STRING":
-            return bytes(fld.parts[fld.data[0]]).decode("utf-8", "replace")
-        return fld.parts[fld.data[0]].tolist()[0]
-
-    arch = value("general.architecture")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    params = sum(int(t.n_elements) for t in reader.tensors)
+    meta = header.metadata
+    arch = meta.get("general.architecture")
     return {
         "architecture": arch,
-        "name": value("general.name"),
-        "parameters": params,
-        "vocab_size": len(tokens.data) if tokens is not None else None,
-        "context_length": value(f"{arch}.context_length"),
-        "hidden_size": value(f"{arch}.embedding_length"),
-        "layers": value(f"{arch}.block_count"),
-        "file_type": value("general.file_type"),
+        "name": meta.get("general.name"),
+        "parameters": sum(t.n_elements for t in header.tensors),
+        "vocab_size": header.array_lengths.get("tokenizer.ggml.tokens"),
+        "context_length": meta.get(f"{arch}.context_length"),
+        "hidden_size": meta.get(f"{arch}.embedding_length"),
+        "layers": meta.get(f"{arch}.block_count"),
+        "file_type": meta.get("general.file_type"),
     }
 
 

@@ -74,6 +74,9 @@ class TokenizerSection:
     """Hypertokens added on top of the base tokenizer."""
 
     hypertokens: bool = True
+    # Empty: the base model's own tokenizer. Otherwise a SentencePiece .model file or a directory
+    # written by `hyperlex tokenizer train` (the hypertokens are added on top of it).
+    base: str = ""
     special: bool = True  # add as special tokens (True) or as normal added tokens
     extra_tokens: list[str] = _knob([])
     fractal_symbols: list[str] = _knob([])

@@ -12,7 +12,7 @@ import click
 
 from engine import __version__
 
-COMMAND_MODULES = ["model", "profile", "chat", "export", "demo"]
+COMMAND_MODULES = ["model", "profile", "chat", "corpus", "scenes", "tokenizer", "export", "demo"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -104,3 +104,12 @@ def test_default_chat_answers_paris() -> None:
     answer = json.loads(out)
     assert "paris" in answer["text"].lower()
     assert answer["backend"] == "llamacpp" and answer["tokens"] > 0
+
+
+def test_missing_llama_cpp_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    code, _, err = run("chat", "--profile", "default", "hi")
+    assert code == 1
+    assert "llama-cpp-python" in err and "install" in err

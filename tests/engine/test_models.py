@@ -57,6 +57,13 @@ def test_corrupt_and_truncated_gguf_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError) as info:
         read_gguf_info(truncated)
     assert "truncated or corrupt" in info.value.message
+    cut_in_data = tmp_path / "cut.gguf"  # header intact, last tensor's bytes missing
+    size = real.stat().st_size
+    with real.open("rb") as handle:
+        cut_in_data.write_bytes(handle.read(size - 4096))
+    with pytest.raises(ModelFormatError) as info:
+        read_gguf_info(cut_in_data)
+    assert "past the end of the file" in info.value.message
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
