@@ -1,0 +1,243 @@
+"""The training recipe on the tiny model: resume, packing and DDP equivalence, precisions, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.errors import ConfigError, DataError
+from engine.profiles import load_profile
+from engine.training import STOPPED_EXIT_CODE, LoRARecipe, RunConfig, main
+
+TOLERANCE = 1e-4
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+BASE_KNOBS = {"max_seq_len": 160, "batch_size": 2, "eval_every": 0, "checkpoint_every": 0,
+              "warmup_steps": 2}
+
+
+@pytest.fixture
+def make_profile(tmp_path: Path):
+    """Factory: a profile file extending tiny-test with [section] overrides."""
+    def make(name: str = "t", **sections: dict) -> Path:
+        # One thread: the tiny model's matrices are too small to gain from more, and on a busy
+        # machine a second thread waiting for a core made each step twenty times slower.
+        device = {"threads": 1, **sections.pop("device", {})}
+        sections = {"training": {**BASE_KNOBS, **sections.pop("training", {})}, "device": device,
+                    **sections}
+        lines = ['extends = "tiny-test"', f'name = "{name}"']
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        path = tmp_path / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    return make
+
+
+def run(profile_path: Path, run_dir: Path, **kwargs) -> tuple[object, list[dict]]:
+    events: list[dict] = []
+    result = main(RunConfig(profile=load_profile(profile_path), run_dir=run_dir,
+                            on_event=events.append, **kwargs))
+    return result, events
+
+
+def step_losses(events: list[dict]) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events if e["event"] == "step"}
+
+
+def test_resume_matches_an_uninterrupted_run(make_profile, tmp_path):
+    profile = make_profile(training={"max_steps": 24, "checkpoint_every": 10},
+                           lora={"dropout": 0.1})  # dropout: the RNG must be restored too
+    whole, whole_events = run(profile, tmp_path / "whole")
+    stopped, _ = run(profile, tmp_path / "cut", stop_at_step=20)
+    assert stopped.stopped and stopped.adapter_dir is None
+    resumed, resumed_events = run(profile, tmp_path / "cut", resume=True)
+    expected, got = step_losses(whole_events), step_losses(resumed_events)
+    assert sorted(got) == list(range(21, 25))
+    for step in got:
+        assert abs(got[step] - expected[step]) < TOLERANCE, step
+    assert abs(resumed.eval_loss - whole.eval_loss) < TOLERANCE
+    assert resumed.final_loss < step_losses(whole_events)[1]  # it learned something
+
+
+def test_resume_refuses_another_profile(make_profile, tmp_path):
+    first = make_profile("a", training={"max_steps": 2, "checkpoint_every": 1})
+    run(first, tmp_path / "run", stop_at_step=1)
+    other = make_profile("b", training={"max_steps": 2, "learning_rate": 0.5})
+    with pytest.raises(ConfigError, match=r"training\.learning_rate: 0\.001 \(run\) vs 0\.5"):
+        run(other, tmp_path / "run", resume=True)
+
+
+def test_packed_loss_equals_unpacked_losses(make_profile, tmp_path):
+    from engine.data import collate, pack_samples
+    from engine.training.loss import summarise
+
+    recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile()), run_dir=tmp_path / "r"))
+    recipe.setup()
+    try:
+        model = recipe.loss_model.eval()
+        samples = recipe.data.train[:6]
+        packs = pack_samples(samples, max_seq_len=4 * 160, seed=1)
+        assert any(len(p.members) > 1 for p in packs)
+        with torch.no_grad():
+            packed = model(collate(samples, packs, recipe.pad_id))["stats"]
+            singles = [model(collate([s], pack_samples([s], 160, 0), recipe.pad_id))["stats"]
+                       for s in samples]
+        unpacked = torch.stack(singles).sum(0)
+        assert packed[0] == unpacked[0]  # the same labelled tokens
+        assert abs(summarise(packed.tolist())["loss"]
+                   - summarise(unpacked.tolist())["loss"]) < TOLERANCE
+        per_sample_means = [float(s[1] / s[0]) for s in singles]
+        print("packed loss", summarise(packed.tolist())["loss"], "unpacked", per_sample_means)
+    finally:
+        recipe.cleanup()
+
+
+def test_adapter_loads_in_plain_peft_and_outputs_are_written(make_profile, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.models import hf_model_dir
+
+    recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile(training={"max_steps": 4})),
+                                  run_dir=tmp_path / "run"))
+    recipe.setup()
+    try:
+        result = recipe.train()
+    finally:
+        recipe.cleanup()
+    adapter = result.adapter_dir
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = AutoModelForCausalLM.from_pretrained(hf_model_dir("tiny:llama"))
+    base.resize_token_embeddings(len(tokenizer))
+    loaded = PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([recipe.data.held_out[0].input_ids])
+    trained = recipe.peft_model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, trained(input_ids=ids).logits,
+                              atol=1e-5)
+    card = json.loads((result.run_dir / "run_card.json").read_text())
+    assert card["data"]["data_sha256"] == recipe.data.data_sha256
+    assert card["metrics"]["steps"] == 4 and card["metrics"]["eval_loss"] == result.eval_loss
+    assert (result.run_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("precision,layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit")])
+def test_quantised_runs_complete_on_cpu(make_profile, tmp_path, precision, layer):
+    profile = make_profile(precision, device={"precision": precision},
+                           training={"max_steps": 3})
+    recipe = LoRARecipe(RunConfig(profile=load_profile(profile), run_dir=tmp_path / "q"))
+    recipe.setup()
+    try:
+        kinds = {type(m).__name__ for m in recipe.peft_model.modules()}
+        assert layer in kinds
+        result = recipe.train()
+    finally:
+        recipe.cleanup()
+    assert result.eval_loss is not None and torch.isfinite(torch.tensor(result.eval_loss))
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_target_modules_that_match_nothing_list_real_names(make_profile, tmp_path):
+    profile = make_profile(lora={"target_modules": ["q_proj", "query"]})
+    with pytest.raises(ConfigError, match=r"\['query'\].*") as caught:
+        run(profile, tmp_path / "r")
+    assert "gate_proj" in str(caught.value)
+
+
+def test_too_small_dataset_says_how_much_is_needed(make_profile, tmp_path):
+    from tests.engine.test_data import make_scenes
+
+    data = tmp_path / "scenes.jsonl"
+    data.write_text("".join(json.dumps(s.to_dict()) + "\n" for s in make_scenes(1)))
+    with pytest.raises(DataError, match=r"one step needs 4"):
+        run(make_profile(training={"batch_size": 4}), tmp_path / "r", data=data)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(make_profile, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+    calls = {"n": 0}
+
+    def disk_full_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second)
+    profile = make_profile(training={"max_steps": 5, "checkpoint_every": 2})
+    result, events = run(profile, tmp_path / "r")
+    saved = [e["step"] for e in events if e["event"] == "checkpoint"]
+    assert saved == [2]
+    assert any("checkpoint at step 4 failed: No space left" in e.get("message", "")
+               for e in events)
+    checkpoints = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002"]  # no half-written directory left behind
+    assert result.adapter_dir is not None
+
+
+def test_cuda_asked_without_cuda_falls_back_with_a_note():
+    from engine.training.model import resolve_device
+
+    placement = resolve_device("cuda", "fp32")
+    if torch.cuda.is_available():
+        assert placement.device.startswith("cuda")
+    else:
+        assert placement.device == "cpu" and "training on CPU instead" in placement.note
+
+
+def test_daemon_command_streams_json_and_stops_cleanly_on_sigterm(make_profile, tmp_path):
+    profile = make_profile(training={"max_steps": 12})
+    command = [PYTHON, "-m", "engine.training.run", "--profile", str(profile),
+               "--run-dir", str(tmp_path / "run"), "--progress-jsonl"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    events = []
+    for line in process.stdout:
+        events.append(json.loads(line))  # every stdout line is JSON
+        if events[-1]["event"] == "step" and events[-1]["step"] == 1:
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == STOPPED_EXIT_CODE
+    checkpoint = next(e for e in events if e["event"] == "checkpoint")
+    assert 1 <= checkpoint["step"] < 12 and Path(checkpoint["path"]).is_dir()
+    first = next(e for e in events if e["event"] == "step")
+    assert set(first) == {"event", "step", "max_steps", "loss", "lr", "tokens_per_s", "eta_s"}
+    result, tail = run(profile, tmp_path / "run", resume=True)
+    assert min(step_losses(tail)) == checkpoint["step"] + 1
+    assert tail[-1]["event"] == "done" and result.adapter_dir.is_dir()
+
+
+def test_two_processes_under_torchrun_match_one_with_the_same_global_batch(make_profile,
+                                                                            tmp_path):
+    common = {"max_steps": 4, "eval_every": 2}
+    single = make_profile("single", training={**common, "batch_size": 2}, lora={"dropout": 0.0})
+    double = make_profile("double", training={**common, "batch_size": 1}, lora={"dropout": 0.0})
+    command = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "engine.training.run", "--profile", str(double),
+               "--run-dir", str(tmp_path / "ddp"), "--progress-jsonl"]
+    ddp = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                 "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp_events = [json.loads(line) for line in ddp.stdout.splitlines()]
+    assert "2 process(es)" in next(e["message"] for e in ddp_events if e["event"] == "log"
+                                   and "process(es)" in e["message"])
+    one, one_events = run(single, tmp_path / "one")
+    expected, got = step_losses(one_events), step_losses(ddp_events)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in got:
+        assert abs(got[step] - expected[step]) < TOLERANCE, (step, got[step], expected[step])
+    assert abs(ddp_events[-1]["eval_loss"] - one.eval_loss) < TOLERANCE
+    assert len([e for e in ddp_events if e["event"] == "done"]) == 1  # rank 0 alone reports
