@@ -134,8 +134,8 @@ def main() -> None:
     for key, figures in results.items():
         detail = ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if k != "ratio")
         goal = goals[key]
-        verdict = "" if goal is None else (" (goal >= %gx: %s)" % (
-            goal, "met" if figures["ratio"] >= goal else "NOT met"))
+        met = "met" if goal is not None and figures["ratio"] >= goal else "NOT met"
+        verdict = "" if goal is None else f" (goal >= {goal:g}x: {met})"
         print(f"  {key}: {figures['ratio']:.2f}x{verdict}  [{detail}]")
 
 

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
-from engine.export.gguf_layout import PERMUTED_ARCHS, TensorNames, field_value, heads_for, rope_permute
+from engine.export.gguf_layout import (
+    PERMUTED_ARCHS,
+    TensorNames,
+    field_value,
+    heads_for,
+    rope_permute,
+)
 from engine.inference.adapters import LoraAdapter, check_shapes, read_adapter
 from engine.models import read_gguf_info
 

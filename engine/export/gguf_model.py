@@ -177,7 +177,7 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
                                f"{field_value(reader, 'general.architecture')}")
     base_tokens = list(field_value(reader, "tokenizer.ggml.tokens"))
     if tokens[:len(base_tokens)] != base_tokens:
-        first = next(i for i, (a, b) in enumerate(zip(tokens, base_tokens)) if a != b)
+        first = next(i for i, (a, b) in enumerate(zip(tokens, base_tokens, strict=False)) if a != b)
         raise ModelFormatError(
             f"the tokenizer of {model_dir} is not an extension of {base_gguf.name}'s: token "
             f"{first} is {tokens[first]!r} there and {base_tokens[first]!r} in the GGUF")

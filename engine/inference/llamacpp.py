@@ -290,8 +290,8 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     Raises:
         ModelFormatError: not a LoRA GGUF, another architecture, or shapes that differ.
     """
-    from engine.export.gguf_lora import read_base_gguf
     from engine.export.gguf_layout import field_value
+    from engine.export.gguf_lora import read_base_gguf
 
     read_gguf_info(adapter_file)
     from gguf import GGUFReader

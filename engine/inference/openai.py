@@ -72,7 +72,7 @@ class OpenAIBackend:
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
             raise RemoteServerError(f"{url} answered HTTP {exc.code}: {detail}") from exc
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise RemoteServerError(f"the server at {self.base_url} did not answer within "
                                     f"{self.timeout_s:g} s",
                                     hint="raise inference.timeout_s, or check the server") from exc

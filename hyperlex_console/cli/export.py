@@ -9,7 +9,13 @@ import click
 
 from engine.errors import ConfigError
 from engine.profiles import load_profile
-from hyperlex_console.cli.common import emit_json, handles_errors, json_option, profile_option, stdout
+from hyperlex_console.cli.common import (
+    emit_json,
+    handles_errors,
+    json_option,
+    profile_option,
+    stdout,
+)
 
 
 @click.group("export")
