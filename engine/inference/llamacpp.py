@@ -64,6 +64,7 @@ class LlamaCppBackend:
         self.model_file = Path(model_file)
         self.system_prompt = system_prompt
         self.n_ctx = n_ctx
+        self._closed = False
         threads = threads or max(1, os.cpu_count() or 2)
         try:
             self.llama = self._llama_cpp.Llama(
@@ -279,9 +280,25 @@ class LlamaCppBackend:
         return np.stack(rows)
 
     def close(self) -> None:
+        """Free the adapters and the model; later calls raise instead of crashing llama.cpp."""
+        if self._closed:
+            return
         for name in list(self._adapters):
             self.unload_adapter(name)
         self.llama.close()
+        self._closed = True
+
+    @property
+    def llama(self) -> Any:
+        if self._closed:
+            from engine.errors import NotAvailableError
+
+            raise NotAvailableError(f"the llama.cpp model {self.model_file.name} was closed")
+        return self._llama
+
+    @llama.setter
+    def llama(self, value: Any) -> None:
+        self._llama = value
 
 
 def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:

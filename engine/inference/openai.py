@@ -194,7 +194,10 @@ class OpenAIBackend:
         payload: dict[str, Any] = {
             "model": self.model_name, "max_tokens": request.max_tokens,
             "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
-            "stream": True}
+            "stream": True,
+            # Plain sampling as in the other backends: llama_cpp.server defaults to top_k 40,
+            # min_p 0.05 and a repeat penalty of 1.1 (vLLM reads repetition_penalty).
+            "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
         if request.stop:
             payload["stop"] = request.stop
         if request.json_schema is not None:

@@ -72,7 +72,7 @@ def test_gguf_lora_matches_peft(default_model, tmp_path_factory):
 
     model_dir, base_gguf = default_model
     work = tmp_path_factory.mktemp("parity-lora")
-    adapter = train_lora(model_dir, work / "adapter", steps=12, learning_rate=3e-3)
+    adapter = train_lora(model_dir, work / "adapter", steps=8, learning_rate=1e-3)
     lora_file = export_gguf_lora(adapter, base_gguf, work / "adapter.gguf").path
     reference = HFBackend(model_dir, device="cpu", n_ctx=512)
     candidate = LlamaCppBackend(base_gguf, n_ctx=512)
