@@ -167,9 +167,9 @@ class HFBackend:
         self._loaded.remove(name)
         if self._loaded:
             self.model.delete_adapter(name)
-        else:
-            self.model.delete_adapter(name)
-            self.model = self.base = self.model.unload()
+        else:  # the last one: take the LoRA layers out, back to the plain base model
+            self.base = self.model.unload()
+            self.model = self.base
 
     def set_active(self, choice: AdapterChoice) -> None:
         """Activate no adapter, one by name, or a weighted combination."""

@@ -254,3 +254,20 @@ def test_an_adapter_for_another_base_names_both_shapes(tmp_path, llama_backend, 
         hf_backend.load_adapter("other", tmp_path / "other")
     with pytest.raises(ModelFormatError, match="another base model"):
         llama_backend.load_adapter("other", tmp_path / "other")
+
+
+def test_hf_adapters_unload_back_to_the_base_model(tiny):
+    from engine.inference.hf import HFBackend
+
+    backend = HFBackend(tiny["dir"], device="cpu", n_ctx=128)
+    ids = backend.tokenize(PROMPT)
+    base = backend.logits(ids)
+    for name, (peft_dir, _) in tiny["adapters"].items():
+        backend.load_adapter(name, peft_dir)
+    backend.set_active({"a": 1.0, "b": 0.5})
+    assert np.abs(backend.logits(ids) - base).max() > 1e-2
+    backend.unload_adapter("a")
+    assert backend.adapters == ["b"]
+    backend.unload_adapter("b")
+    assert backend.adapters == []
+    np.testing.assert_allclose(backend.logits(ids), base, atol=1e-5)
