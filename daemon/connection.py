@@ -1,0 +1,244 @@
+"""Where a daemon can be found and who may talk to it: connection file, lock, CURVE keys.
+
+- The runtime directory (0700) holds the ipc sockets, the lock file and the connection file
+  (0600: it carries the HMAC key).
+- One daemon per home: an `flock` on the lock file. The kernel drops the lock when its holder
+  dies, so a lock file left behind by a killed daemon is recovered simply by locking it again.
+- CURVE: the server keypair lives in the state directory; client public keys allowed to connect
+  over TCP are files in `config/keys/allowed/`.
+
+This module knows nothing of requests, jobs or models.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from engine.errors import HyperlexError
+from engine.paths import Dirs, dirs
+
+CONNECTION_FILE = "hyperlexd.json"
+LOCK_FILE = "hyperlexd.lock"
+
+
+class AlreadyRunningError(HyperlexError):
+    """Another daemon holds this home's lock."""
+
+    title = "daemon already running"
+
+
+@dataclass
+class ConnectionInfo:
+    """What a client needs to reach a daemon. Written as JSON, mode 0600."""
+
+    request: str
+    events: str
+    key: str
+    pid: int = 0
+    signature_scheme: str = "hmac-sha256"
+    curve_server_key: str | None = None
+
+    @property
+    def key_bytes(self) -> bytes:
+        return self.key.encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def runtime_dir(d: Dirs | None = None) -> Path:
+    """The private runtime directory, created 0700."""
+    d = (d or dirs()).ensure()
+    return d.runtime
+
+
+def connection_file_path(d: Dirs | None = None) -> Path:
+    return (d or dirs()).runtime / CONNECTION_FILE
+
+
+def new_key() -> str:
+    """A fresh HMAC key (hex, 256 bits)."""
+    return secrets.token_hex(32)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON readable only by its owner: created 0600, fsynced, renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, json.dumps(data, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_connection_file(info: ConnectionInfo, path: Path | None = None) -> Path:
+    path = path or connection_file_path()
+    write_private_json(path, info.to_dict())
+    return path
+
+
+def read_connection_file(path: Path | str | None = None) -> ConnectionInfo:
+    """Read a connection file.
+
+    Raises:
+        HyperlexError: no file (no daemon running) or an unreadable one.
+    """
+    path = Path(path) if path else connection_file_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HyperlexError(f"no daemon connection file at {path}",
+                            hint="start one with `hyperlex daemon start`") from None
+    except ValueError as exc:
+        raise HyperlexError(f"connection file {path} is not JSON: {exc}") from None
+    return ConnectionInfo.from_dict(data)
+
+
+class InstanceLock:
+    """An exclusive `flock` on the lock file, holding the owner's pid for error messages."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self.recovered_from: int | None = None
+
+    def acquire(self) -> InstanceLock:
+        """Take the lock or raise AlreadyRunningError naming the holder."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another hyperlexd (pid {holder}) holds {self.path}",
+                hint="use `hyperlex daemon status`, or stop it with `hyperlex daemon stop`") from None
+        # The lock is ours. A pid left in the file names a daemon that died without cleaning up.
+        previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if previous.isdigit() and int(previous) != os.getpid():
+            self.recovered_from = int(previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid of the live daemon holding `path`, or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def is_loopback_tcp(endpoint: str) -> bool:
+    """True for tcp://127.x.x.x:port, tcp://[::1]:port and tcp://localhost:port."""
+    host = urlparse(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- CURVE keys ---------------------------------------------------------------------------------
+
+def keys_dir(d: Dirs | None = None) -> Path:
+    d = (d or dirs())
+    return d.config / "keys"
+
+
+def allowed_keys_dir(d: Dirs | None = None) -> Path:
+    return keys_dir(d) / "allowed"
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def ensure_keypair(name: str, directory: Path | None = None) -> tuple[Path, Path]:
+    """Create (once) a CURVE keypair `name.key` / `name.key_secret` in the keys directory.
+
+    Returns:
+        The public and secret certificate paths; the secret one is 0600.
+    """
+    import zmq.auth
+
+    directory = _private_dir(directory or keys_dir())
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    if not secret.exists():
+        zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def load_keypair(secret_path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a `.key_secret` certificate."""
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(secret_path)
+    if secret is None:
+        raise HyperlexError(f"{secret_path} holds no secret key")
+    return public, secret
+
+
+def load_public_key(path: Path) -> bytes:
+    import zmq.auth
+
+    public, _ = zmq.auth.load_certificate(path)
+    return public
+
+
+def allow_client_key(public_path: Path, name: str | None = None) -> Path:
+    """Copy a client's public certificate into the allow-list directory.
+
+    Raises:
+        HyperlexError: the file is not a CURVE public certificate.
+    """
+    try:
+        load_public_key(Path(public_path))
+    except Exception as exc:  # zmq.auth raises plain errors for any malformed file
+        raise HyperlexError(f"{public_path} is not a CURVE public key certificate: {exc}",
+                            hint="make one with `hyperlex keys gen` on the client") from None
+    target_dir = _private_dir(allowed_keys_dir())
+    target = target_dir / f"{name or Path(public_path).stem}.key"
+    target.write_text(Path(public_path).read_text())
+    os.chmod(target, 0o600)
+    return target

@@ -1,0 +1,268 @@
+"""The persistent job queue: jobs in SQLite (WAL), their kinds, their rotated log files.
+
+A job is written (and committed) before it is acknowledged, so a daemon killed at any moment
+loses nothing that a client was told about. States:
+
+    queued -> running -> succeeded | failed | cancelled | interrupted
+
+A `request_id` chosen by the client is unique, so a retried `job_submit` returns the first job
+instead of queuing a second one.
+
+This module knows nothing of sockets or of how processes are started (see daemon.workers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import HyperlexError, NotAvailableError
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL,
+    request_id TEXT UNIQUE,
+    heavy INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    pid INTEGER,
+    run_dir TEXT,
+    checkpoint TEXT,
+    resume INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+class BusyError(HyperlexError):
+    """The job queue is full."""
+
+    title = "daemon busy"
+
+
+class JobNotFoundError(HyperlexError):
+    title = "no such job"
+
+
+# --- job kinds ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobKind:
+    """How to run one kind of job: the engine module and its command line.
+
+    `module` is run as `python -m module`; it must print the JSON-lines progress contract on
+    stdout (`step`, `checkpoint`, `log`, `done` events) and checkpoint on SIGTERM.
+    """
+
+    name: str
+    module: str
+    heavy: bool
+    argv: Callable[[dict[str, Any]], list[str]]
+
+    def available(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    def command(self, job: dict[str, Any], python: str = sys.executable) -> list[str]:
+        """The full command line for `job` (its params, profile, run dir and resume flag)."""
+        if not self.available():
+            raise NotAvailableError(
+                f"job kind '{self.name}' is not available: engine module {self.module} is not "
+                "installed in this build")
+        spec = dict(job["params"], profile=job["profile"], run_dir=job["run_dir"],
+                    resume=bool(job["resume"]))
+        return [python, "-m", self.module, *self.argv(spec)]
+
+
+def _flags(spec: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """`{"max_steps": 2, "resume": True}` -> `["--max-steps", "2", "--resume"]`."""
+    out: list[str] = []
+    for key, value in spec.items():
+        if key in skip or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def _recipe_argv(spec: dict[str, Any]) -> list[str]:
+    base = ["--profile", spec["profile"], "--run-dir", spec["run_dir"]]
+    return base + _flags(spec, skip=("profile", "run_dir")) + ["--progress-jsonl"]
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    kind.name: kind for kind in (
+        JobKind("train", "engine.training.run", heavy=True, argv=_recipe_argv),
+        JobKind("eval", "engine.evals.run", heavy=True, argv=_recipe_argv),
+        JobKind("export", "engine.export.run", heavy=True, argv=_recipe_argv),
+        JobKind("scenes", "engine.scenes.run", heavy=False, argv=_recipe_argv),
+        JobKind("memory-add", "engine.memory.run", heavy=False, argv=_recipe_argv),
+        # Exercises the job machinery itself (progress, checkpoints, resume, cancel).
+        JobKind("selftest", "daemon.selftest_job", heavy=False, argv=_recipe_argv),
+    )
+}
+
+
+def job_kind(name: str) -> JobKind:
+    try:
+        return JOB_KINDS[name]
+    except KeyError:
+        raise HyperlexError(f"unknown job kind '{name}'",
+                            hint=f"one of: {', '.join(sorted(JOB_KINDS))}") from None
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    job = dict(row)
+    for key in ("params", "progress", "result"):
+        job[key] = json.loads(job[key]) if job[key] else ({} if key == "params" else None)
+    job["resume"] = bool(job["resume"])
+    job["heavy"] = bool(job["heavy"])
+    return job
+
+
+class JobStore:
+    """Jobs in SQLite with WAL. Used from the daemon's event loop thread only."""
+
+    def __init__(self, path: Path, jobs_dir: Path):
+        self.path = path
+        self.jobs_dir = jobs_dir
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a job acknowledged to a client survives power loss, not only a killed daemon.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def submit(self, kind: str, profile: str, params: dict[str, Any],
+               request_id: str | None, max_queue: int) -> tuple[dict[str, Any], bool]:
+        """Queue a job; returns (job, created). A known `request_id` returns the first job.
+
+        Raises:
+            BusyError: `max_queue` jobs are already queued.
+        """
+        if request_id:
+            existing = self.db.execute("SELECT * FROM jobs WHERE request_id=?",
+                                       (request_id,)).fetchone()
+            if existing is not None:
+                return _row(existing), False
+        if self.count("queued") >= max_queue:
+            raise BusyError(f"the job queue is full ({max_queue} queued)",
+                            hint="wait for jobs to finish or cancel some")
+        heavy = job_kind(kind).heavy if kind in JOB_KINDS else False
+        heavy = bool(params.pop("heavy", heavy)) if isinstance(params, dict) else heavy
+        cursor = self.db.execute(
+            "INSERT INTO jobs(kind, profile, params, state, request_id, heavy, created) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (kind, profile, json.dumps(params), "queued", request_id, int(heavy), time.time()))
+        job_id = cursor.lastrowid
+        run_dir = self.jobs_dir / str(job_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.db.execute("UPDATE jobs SET run_dir=? WHERE id=?", (str(run_dir), job_id))
+        return self.get(job_id), True
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        job = _row(self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        if job is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return job
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if state:
+            rows = self.db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id DESC LIMIT ?",
+                                   (state, limit))
+        else:
+            rows = self.db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        return [_row(r) for r in rows]
+
+    def count(self, state: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0]
+
+    def next_queued(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY id")
+        return [_row(r) for r in rows]
+
+    def update(self, job_id: int, **fields: Any) -> None:
+        for key in ("progress", "result"):
+            if key in fields and fields[key] is not None:
+                fields[key] = json.dumps(fields[key])
+        assignments = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*fields.values(), job_id))
+
+    def mark_interrupted(self) -> list[dict[str, Any]]:
+        """At start: every job still `running` belonged to a dead daemon. Returns them."""
+        jobs = self.list("running", limit=10_000)
+        self.db.execute("UPDATE jobs SET state='interrupted', finished=? WHERE state='running'",
+                        (time.time(),))
+        return jobs
+
+    def requeue_for_resume(self) -> list[dict[str, Any]]:
+        """Queue interrupted jobs that have a checkpoint again, with the resume flag."""
+        resumed = []
+        for job in self.list("interrupted", limit=10_000):
+            if job["checkpoint"]:
+                self.update(job["id"], state="queued", resume=1, finished=None, pid=None)
+                resumed.append(self.get(job["id"]))
+        return resumed
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+class JobLog:
+    """A job's log file with size-based rotation (`log.txt`, `log.txt.1`, ...)."""
+
+    def __init__(self, run_dir: Path, max_bytes: int = 1_000_000, backups: int = 3):
+        self.path = Path(run_dir) / "log.txt"
+        self.max_bytes = max_bytes
+        self.backups = backups
+
+    def append(self, line: str) -> None:
+        if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+            self._rotate()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def _rotate(self) -> None:
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"log.txt.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"log.txt.{i + 1}"))
+        self.path.replace(self.path.with_name("log.txt.1"))
+
+    def read(self, offset: int = 0, limit: int = 200) -> dict[str, Any]:
+        """A page of the retained lines, oldest first: `{lines, offset, next_offset, total}`."""
+        files = [self.path.with_name(f"log.txt.{i}") for i in range(self.backups, 0, -1)]
+        lines: list[str] = []
+        for path in [*files, self.path]:
+            if path.exists():
+                lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+        page = lines[offset: offset + limit]
+        return {"lines": page, "offset": offset, "next_offset": offset + len(page),
+                "total": len(lines)}

@@ -1,0 +1,98 @@
+"""The `selftest` job: a small counting process that honours the training progress contract.
+
+It exists to exercise the job machinery (progress, checkpoints, SIGTERM, resume) on any machine:
+it prints `step`, `checkpoint`, `log` and `done` JSON lines exactly as a training recipe does, its
+"loss" is a deterministic function of the step, and its checkpoint is a small JSON file written
+with temp file, fsync and rename. It knows nothing of the daemon.
+
+    python -m daemon.selftest_job --run-dir DIR --max-steps 40 --progress-jsonl [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def loss_at(step: int) -> float:
+    """A decreasing curve: what a resumed run must continue exactly."""
+    return round(2.0 * math.exp(-step / 25.0) + 0.1, 6)
+
+
+def emit(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def save_checkpoint(run_dir: Path, step: int) -> Path:
+    target = run_dir / "checkpoints" / f"step-{step:06d}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "loss": loss_at(step)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> int:
+    found = sorted((run_dir / "checkpoints").glob("step-*.json"))
+    return json.loads(found[-1].read_text())["step"] if found else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="daemon.selftest_job")
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--step-time", type=float, default=0.05)
+    parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--fail-at", type=int, default=0)
+    parser.add_argument("--ignore-sigterm", action="store_true",
+                        help="keep running on SIGTERM (tests the SIGKILL escalation)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--progress-jsonl", action="store_true")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = {"requested": False}
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+
+    step = latest_checkpoint(run_dir) if args.resume else 0
+    emit({"event": "log", "message": f"selftest starting at step {step} (resume={args.resume})"})
+    started = time.monotonic()
+    while step < args.max_steps:
+        if stop["requested"]:
+            path = save_checkpoint(run_dir, step)
+            emit({"event": "checkpoint", "step": step, "path": str(path)})
+            emit({"event": "log", "message": "stopped by SIGTERM after checkpoint"})
+            return 0
+        time.sleep(args.step_time)
+        step += 1
+        if args.fail_at and step == args.fail_at:
+            print(f"selftest failing at step {step} as asked", file=sys.stderr)
+            return 3
+        elapsed = time.monotonic() - started
+        emit({"event": "step", "step": step, "max_steps": args.max_steps, "loss": loss_at(step),
+              "lr": 1e-3, "tokens_per_s": 100.0,
+              "eta_s": round((args.max_steps - step) * args.step_time, 3), "elapsed_s": elapsed})
+        if step % args.checkpoint_every == 0:
+            path = save_checkpoint(run_dir, step)
+            emit({"event": "checkpoint", "step": step, "path": str(path)})
+    emit({"event": "done", "adapter_dir": str(run_dir), "final_loss": loss_at(step)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The chat pane: streamed answers from base, an adapter or the router, and A/B comparisons.
+
+- Enter sends; Esc stops the answers being streamed (`chat_cancel`); ctrl+y copies the last one.
+- The target is `base`, `routed` (the daemon's `route` picks the adapter) or any adapter that
+  a succeeded training job produced.
+- RAG: the prompt's nearest scenes (`memory_search`) are cited above the answer and given to
+  the model as context.
+- A/B: one prompt goes to base (A) and the chosen adapter (B), side by side; `a`, `b` or `=`
+  rates them and the rating is appended to `<state>/ab_ratings.jsonl` for the evals.
+
+Requests go through the link from workers; tokens arrive as `chat.<id>.token` events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Checkbox, Input, Select, Static
+
+from hyperlex_console.widgets.chat_message import ChatMessage
+from hyperlex_console.widgets.pane import Pane
+
+RATINGS_FILE = "ab_ratings.jsonl"
+
+
+def ratings_path() -> Path:
+    from engine.paths import dirs
+
+    return dirs().ensure().state / RATINGS_FILE
+
+
+def save_rating(record: dict[str, Any]) -> Path:
+    """Append one A/B rating as a JSON line; returns the file."""
+    path = ratings_path()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def scene_context(hits: list[dict[str, Any]]) -> str:
+    """The system message that hands cited scenes to the model."""
+    parts = [f"[{h.get('scene_id', '?')}] {(h.get('scene') or {}).get('text', '')}"
+             for h in hits]
+    return "Relevant scenes from memory:\n" + "\n".join(parts)
+
+
+def hits_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """Normalise a memory_search reply to a list of {scene_id, score, scene}."""
+    results = reply.get("results", reply)
+    if isinstance(results, dict):
+        results = results.get("hits", [])
+    hits = []
+    for item in results or []:
+        scene = item.get("scene") if isinstance(item.get("scene"), dict) else item
+        hits.append({"scene_id": item.get("scene_id", scene.get("id", "?")),
+                     "score": item.get("score"), "scene": scene})
+    return hits
+
+
+class ChatPane(Pane):
+    """Chat with streaming, stop, copy, targets, RAG and A/B rating."""
+
+    title = "Chat"
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+y", "copy", "Copy"),
+        Binding("ctrl+t", "toggle_ab", "A/B"),
+        Binding("a", "rate('a')", "A better", show=False),
+        Binding("b", "rate('b')", "B better", show=False),
+        Binding("equals_sign", "rate('tie')", "Tie", show=False),
+        Binding("i", "focus_input", "Input", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history: list[dict[str, str]] = []
+        self.streams: dict[str, ChatMessage] = {}
+        self.pending_ab: dict[str, Any] | None = None
+        self.last_answer = ""
+        self.adapters: dict[str, str] = {}
+
+    def compose(self):
+        with Horizontal(id="chat-controls"):
+            yield Select([("base", "base"), ("routed", "routed")], value="base",
+                         allow_blank=False, id="chat-target")
+            yield Checkbox("RAG", id="chat-rag")
+            yield Checkbox("A/B", id="chat-ab")
+        with Horizontal(id="chat-columns"):
+            yield VerticalScroll(id="chat-left", classes="chat-column")
+            yield VerticalScroll(id="chat-right", classes="chat-column")
+        yield Static("", id="chat-note", classes="pane-note")
+        yield Input(placeholder="ask something; Enter sends, Esc stops", id="chat-input")
+
+    def on_mount(self) -> None:
+        self.query_one("#chat-right").display = False
+        if self.read_only:
+            self.query_one("#chat-input", Input).disabled = True
+            self.note("read-only: chat is off (it would load models on the daemon)")
+
+    def note(self, text: str) -> None:
+        self.query_one("#chat-note", Static).update(text)
+
+    @property
+    def ab(self) -> bool:
+        return self.query_one("#chat-ab", Checkbox).value
+
+    # --- adapters -------------------------------------------------------------------------------
+
+    def handle_connected(self) -> None:
+        self._load_adapters()
+
+    @work(exclusive=True, group="chat-adapters", exit_on_error=False)
+    async def _load_adapters(self) -> None:
+        try:
+            jobs = (await self.request("job_list", "succeeded", 200))["jobs"]
+        except Exception:
+            return
+        self.set_adapters({f"adapter: job {j['id']}": str(j["result"]["adapter_dir"])
+                           for j in jobs if j.get("kind") == "train"
+                           and isinstance(j.get("result"), dict)
+                           and j["result"].get("adapter_dir")})
+
+    def set_adapters(self, adapters: dict[str, str]) -> None:
+        """Offer these adapters (label -> path) as chat targets."""
+        if adapters == self.adapters:
+            return
+        self.adapters = adapters
+        target = self.query_one("#chat-target", Select)
+        current = target.value
+        options = [("base", "base"), ("routed", "routed"), *[(k, k) for k in adapters]]
+        target.set_options(options)
+        target.value = current if current in dict(options).values() else "base"
+
+    def handle_events(self, events: list[Any]) -> None:
+        finished_training = False
+        for event in events:
+            if event.topic.startswith("chat."):
+                self._on_chat_event(event.topic.split(".")[1], event.data)
+            elif event.topic == "daemon.status" and event.data.get("state") == "succeeded":
+                finished_training = True
+        if finished_training:
+            self._load_adapters()
+
+    # --- sending --------------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#chat-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        prompt = event.value.strip()
+        if not prompt or self.read_only:
+            return
+        event.input.value = ""
+        self.action_send(prompt)
+
+    def _column(self, side: str) -> VerticalScroll:
+        return self.query_one("#chat-right" if side == "b" else "#chat-left", VerticalScroll)
+
+    async def _mount(self, side: str, message: ChatMessage) -> ChatMessage:
+        column = self._column(side)
+        await column.mount(message)
+        column.scroll_end(animate=False)
+        return message
+
+    @work(group="chat-send", exit_on_error=False)
+    async def action_send(self, prompt: str) -> None:
+        target = str(self.query_one("#chat-target", Select).value)
+        ab = self.ab
+        sides = ["a", "b"] if ab else ["a"]
+        for side in sides:
+            await self._mount(side, ChatMessage("user", "you", prompt))
+        context = await self._rag(prompt, sides)
+        if ab:
+            b_label, b_adapter = await self._resolve(target if target != "base" else
+                                                     next(iter(self.adapters), "routed"), prompt)
+            plan = [("a", "A: base", None), ("b", f"B: {b_label}", b_adapter)]
+            self.pending_ab = {"prompt": prompt, "a": {"model": "base"},
+                               "b": {"model": b_label, "adapter": b_adapter}}
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            label, adapter = await self._resolve(target, prompt)
+            plan = [("a", label, adapter)]
+            self.history.append({"role": "user", "content": prompt})
+            messages = list(self.history)
+        if context:
+            messages = [{"role": "system", "content": context}, *messages]
+        for side, label, adapter in plan:
+            chat_id = uuid.uuid4().hex
+            message = await self._mount(side, ChatMessage("assistant", label))
+            message.chat_id = chat_id  # type: ignore[attr-defined]
+            message.side = side  # type: ignore[attr-defined]
+            self.streams[chat_id] = message
+            options = {"adapter": adapter} if adapter else {}
+            try:
+                await self.request("chat", messages=messages, chat_id=chat_id, lane="chat",
+                                   **options)
+            except Exception as exc:
+                self.streams.pop(chat_id, None)
+                message.finish("", error=self.explain(exc, "chat"))
+        self.note("streaming… Esc stops")
+
+    async def _resolve(self, target: str, prompt: str) -> tuple[str, str | None]:
+        """(label, adapter path or None) for a target; `routed` asks the daemon's router."""
+        if target in self.adapters:
+            return target, self.adapters[target]
+        if target != "routed":
+            return "base", None
+        try:
+            route = (await self.request("route", prompt, lane="chat"))["route"]
+        except Exception as exc:
+            await self._mount("a", ChatMessage("error", "router",
+                                               self.explain(exc, "routing") + "; answering "
+                                               "with base"))
+            return "base (routing unavailable)", None
+        adapter = route.get("adapter_path")
+        where = route.get("adapter") or route.get("mode", "base")
+        confidence = route.get("confidence")
+        label = f"routed → {where}" + (f" ({confidence:.2f})" if confidence is not None else "")
+        return label, adapter
+
+    async def _rag(self, prompt: str, sides: list[str]) -> str | None:
+        if not self.query_one("#chat-rag", Checkbox).value:
+            return None
+        try:
+            hits = hits_of(await self.request("memory_search", prompt, 3, lane="chat"))
+        except Exception as exc:
+            for side in sides:
+                await self._mount(side, ChatMessage("error", "RAG",
+                                                    self.explain(exc, "scene memory search")))
+            return None
+        cited = "\n".join(f"[{h['scene_id']}] {h['score'] if h['score'] is None else round(h['score'], 3)}"
+                          f"  {(h['scene'].get('text') or '')[:70]}" for h in hits) or "no scenes"
+        for side in sides:
+            await self._mount(side, ChatMessage("context", "cited scenes", cited))
+        return scene_context(hits) if hits else None
+
+    def _on_chat_event(self, chat_id: str, data: dict[str, Any]) -> None:
+        message = self.streams.get(chat_id)
+        if message is None:
+            return
+        name = data.get("event")
+        if name == "token":
+            message.append(str(data.get("text", "")))
+            self._column(getattr(message, "side", "a")).scroll_end(animate=False)
+        elif name in ("done", "error"):
+            self.streams.pop(chat_id, None)
+            if name == "error":
+                message.finish("", error=f"{data.get('type', 'error')}: {data.get('message')}")
+            else:
+                message.finish(f"{data.get('n_tokens', 0)} tokens · "
+                               f"{data.get('tokens_per_s', 0)} tok/s · {data.get('reason')}")
+                self.last_answer = message.text
+            self._answer_finished(message)
+
+    def _answer_finished(self, message: ChatMessage) -> None:
+        side = getattr(message, "side", "a")
+        if self.pending_ab is not None:
+            self.pending_ab[side]["text"] = message.text
+            if all("text" in self.pending_ab[s] for s in ("a", "b")):
+                self.note("rate: [b]a[/b] = A better · [b]b[/b] = B better · [b]=[/b] tie "
+                          "· i = back to the input")
+                self._column("a").focus()
+        elif not self.streams:
+            self.history.append({"role": "assistant", "content": message.text})
+            self.note("")
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    @work(group="chat-stop", exit_on_error=False)
+    async def action_stop(self) -> None:
+        if not self.streams:
+            return
+        for chat_id in list(self.streams):
+            try:
+                await self.request("chat_cancel", chat_id, lane="control")
+            except Exception as exc:
+                self.note(self.explain(exc, "stopping"))
+        self.note("stopped")
+
+    def action_copy(self) -> None:
+        if self.last_answer:
+            self.app.copy_to_clipboard(self.last_answer)
+            self.app.notify(f"copied {len(self.last_answer)} characters")
+
+    def action_toggle_ab(self) -> None:
+        box = self.query_one("#chat-ab", Checkbox)
+        box.value = not box.value
+
+    @on(Checkbox.Changed, "#chat-ab")
+    def _ab_changed(self, event: Checkbox.Changed) -> None:
+        self.query_one("#chat-right").display = event.value
+        self.note("A/B: A is base, B is the chosen target" if event.value else "")
+
+    def action_focus_input(self) -> None:
+        self.query_one("#chat-input", Input).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "rate":
+            return self.pending_ab is not None and all(
+                "text" in self.pending_ab[s] for s in ("a", "b"))
+        return super().check_action(action, parameters)
+
+    def action_rate(self, verdict: str) -> None:
+        record = dict(self.pending_ab or {}, rating=verdict, time=time.time(),
+                      profile=getattr(self.app, "profile", None))
+        path = save_rating(record)
+        self.pending_ab = None
+        self.note(f"rated {verdict}: saved to {path}")
+        self.action_focus_input()

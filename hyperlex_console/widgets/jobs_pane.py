@@ -1,0 +1,271 @@
+"""The jobs pane: a live table of the daemon's jobs, and submit, cancel, resume, logs, run card.
+
+Rows come from `job_list` and stay live through `job.<id>.progress` and `daemon.status` events.
+Only changed cells are redrawn, and a batch of step events for one job costs one update.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from textual import on, work
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from hyperlex_console.widgets.pane import Pane
+
+COLUMNS = (("id", "ID"), ("kind", "KIND"), ("profile", "PROFILE"), ("state", "STATE"),
+           ("progress", "PROGRESS"), ("loss", "LOSS"), ("tps", "TOK/S"), ("eta", "ETA"))
+STATE_STYLE = {"queued": "yellow", "running": "bold cyan", "succeeded": "green",
+               "failed": "bold red", "cancelled": "magenta", "interrupted": "red"}
+JOB_TOPIC = re.compile(r"^job\.(\d+)\.(progress|log)$")
+
+
+def progress_bar(step: int | None, total: int | None, width: int = 10) -> str:
+    """`████░░░░░░  40%` for a step of a total; empty when unknown."""
+    if not step or not total:
+        return ""
+    frac = max(0.0, min(1.0, step / total))
+    filled = round(frac * width)
+    return "█" * filled + "░" * (width - filled) + f" {frac:4.0%}"
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def job_row(job: dict[str, Any]) -> dict[str, str]:
+    """The table cells of one job record (as `job_list` or live events left it)."""
+    progress = job.get("progress") or {}
+    result = job.get("result") or {}
+    loss = progress.get("loss", result.get("final_loss"))
+    tps = progress.get("tokens_per_s")
+    state = str(job.get("state", "?"))
+    return {"id": str(job["id"]), "kind": str(job.get("kind", "")),
+            "profile": str(job.get("profile", "")),
+            "state": f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            "progress": "done" if state == "succeeded" else
+            progress_bar(progress.get("step"), progress.get("max_steps")),
+            "loss": f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
+            "tps": f"{tps:.0f}" if isinstance(tps, (int, float)) else "",
+            "eta": format_eta(progress.get("eta_s")) if state == "running" else ""}
+
+
+class JobsPane(Pane):
+    """The live jobs table."""
+
+    title = "Jobs"
+    BINDINGS = [
+        Binding("s", "submit", "Submit"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "resume", "Resume"),
+        Binding("l", "open_logs", "Logs"),
+        Binding("enter", "open_card", "Card", show=False),
+        Binding("g", "refresh", "Refresh", show=False),
+    ]
+
+    class JobSelected(Message):
+        """The highlighted job changed (the logs and loss panes follow it)."""
+
+        def __init__(self, job_id: int) -> None:
+            super().__init__()
+            self.job_id = job_id
+
+    class LogsRequested(Message):
+        """Open the logs of a job."""
+
+        def __init__(self, job_id: int) -> None:
+            super().__init__()
+            self.job_id = job_id
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.job_kinds: dict[str, bool] = {}
+        self._shown: dict[int, dict[str, str]] = {}
+
+    def compose(self):
+        table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Static("", id="jobs-note", classes="pane-note")
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#jobs-table", DataTable)
+
+    def note(self, text: str) -> None:
+        self.query_one("#jobs-note", Static).update(text)
+
+    @property
+    def selected_job(self) -> int | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        row_key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
+        return int(str(row_key.value))
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def handle_connected(self) -> None:
+        self.action_refresh()
+
+    @work(exclusive=True, group="jobs-refresh", exit_on_error=False)
+    async def action_refresh(self) -> None:
+        try:
+            reply = await self.request("job_list", limit=200)
+            status = await self.request("status")
+        except Exception as exc:
+            self.note(self.explain(exc, "listing jobs"))
+            return
+        self.job_kinds = dict(status.get("job_kinds") or {})
+        for job in reply["jobs"]:
+            known = self.jobs.get(job["id"])
+            if known and known.get("progress") and job.get("state") == "running":
+                job["progress"] = known["progress"]  # live events are newer than the store
+            self.jobs[job["id"]] = job
+        self.redraw()
+        self.note(f"{len(self.jobs)} jobs" if self.jobs else
+                  "no jobs yet: press s to submit one")
+
+    def handle_events(self, events: list[Any]) -> None:
+        changed = False
+        unknown = False
+        for event in events:
+            match = JOB_TOPIC.match(event.topic)
+            if match is None:
+                if event.topic == "daemon.status" and event.data.get("event") == "job":
+                    unknown |= self._apply(int(event.data["id"]), {"state": event.data["state"]})
+                    changed = True
+                continue
+            if match.group(2) != "progress":
+                continue
+            job_id, data = int(match.group(1)), event.data
+            name = data.get("event")
+            if name == "state":
+                unknown |= self._apply(job_id, {"state": data.get("state")})
+            elif name == "step":
+                unknown |= self._apply(job_id, {"progress": data})
+            elif name == "done":
+                unknown |= self._apply(job_id, {"result": data})
+            changed = True
+        if unknown:
+            self.action_refresh()
+        elif changed:
+            self.redraw()
+
+    def _apply(self, job_id: int, fields: dict[str, Any]) -> bool:
+        """Update a known job; True when the job is new to the table (a refresh is needed)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return True
+        if "progress" in fields:
+            merged = dict(job.get("progress") or {})
+            merged.update(fields.pop("progress"))
+            job["progress"] = merged
+        job.update(fields)
+        return False
+
+    def redraw(self) -> None:
+        """Add new rows (newest first) or update only the cells that changed."""
+        table = self.table
+        order = sorted(self.jobs, reverse=True)
+        if list(self._shown) != order:
+            selected = self.selected_job
+            table.clear()
+            self._shown = {}
+            for job_id in order:
+                cells = job_row(self.jobs[job_id])
+                table.add_row(*cells.values(), key=str(job_id))
+                self._shown[job_id] = cells
+            if selected in self._shown:
+                table.move_cursor(row=order.index(selected))
+            return
+        for job_id in order:
+            cells = job_row(self.jobs[job_id])
+            old = self._shown[job_id]
+            for key, value in cells.items():
+                if old.get(key) != value:
+                    table.update_cell(str(job_id), key, value, update_width=True)
+            self._shown[job_id] = cells
+
+    @on(DataTable.RowHighlighted, "#jobs-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self.post_message(self.JobSelected(int(event.row_key.value)))
+
+    @on(DataTable.RowSelected, "#jobs-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_card()
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def action_submit(self) -> None:
+        from hyperlex_console.screens.submit_job import SubmitJobScreen
+
+        profile = getattr(self.app, "profile", None)
+        self.app.push_screen(SubmitJobScreen(self.job_kinds, profile), self._submit)
+
+    def _submit(self, form: dict[str, Any] | None) -> None:
+        if form:
+            self._send_submit(form["kind"], form["params"], form.get("profile"))
+
+    @work(group="jobs-submit", exit_on_error=False)
+    async def _send_submit(self, kind: str, params: dict[str, Any], profile: str | None) -> None:
+        try:
+            reply = await self.request("job_submit", kind, params, profile=profile)
+        except Exception as exc:
+            self.note(self.explain(exc, f"submitting a {kind} job"))
+            self.app.notify(self.explain(exc, f"submitting a {kind} job"), severity="error")
+            return
+        job = reply["job"]
+        self.jobs[job["id"]] = job
+        self.redraw()
+        self.table.move_cursor(row=0)
+        self.note(f"job {job['id']} ({kind}) {job['state']}")
+        self.app.notify(f"job {job['id']} ({kind}) queued")
+
+    @work(group="jobs-cancel", exit_on_error=False)
+    async def action_cancel(self) -> None:
+        job_id = self.selected_job
+        if job_id is None:
+            return
+        try:
+            reply = await self.request("job_cancel", job_id)
+        except Exception as exc:
+            self.note(self.explain(exc, f"cancelling job {job_id}"))
+            return
+        self._apply(job_id, {"state": reply["job"]["state"]})
+        self.redraw()
+        self.note(f"job {job_id}: cancel requested ({reply['job']['state']})")
+
+    @work(group="jobs-submit", exit_on_error=False)
+    async def action_resume(self) -> None:
+        """Run a finished or interrupted job again with the same kind, params and profile."""
+        job_id = self.selected_job
+        job = self.jobs.get(job_id) if job_id is not None else None
+        if job is None:
+            return
+        if job.get("state") in ("queued", "running"):
+            self.note(f"job {job_id} is {job['state']}: nothing to resume")
+            return
+        params = dict(job.get("params") or {})
+        self._send_submit(job["kind"], params, job.get("profile"))
+
+    def action_open_logs(self) -> None:
+        job_id = self.selected_job
+        if job_id is not None:
+            self.post_message(self.LogsRequested(job_id))
+
+    def action_open_card(self) -> None:
+        from hyperlex_console.screens.job_card import JobCardScreen
+
+        job_id = self.selected_job
+        if job_id is not None:
+            self.app.push_screen(JobCardScreen(self.jobs[job_id]))

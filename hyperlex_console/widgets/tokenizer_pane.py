@@ -1,0 +1,152 @@
+"""The tokenizer pane: type text, see its pieces coloured by kind, ids, and the round-trip verdict.
+
+`e` runs the edge-case suite (empty-ish input, whitespace, Unicode, emoji, RTL, CJK, long
+numbers, code, and text that spells a hypertoken, which must never become a hypertoken id).
+Everything comes from the daemon's `tokenize` request for the current profile's tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Input, Static
+
+from hyperlex_console.widgets.pane import Pane
+
+EDGE_CASES = [
+    ("spaces", "  two  spaces  "),
+    ("newlines", "line one\nline two\n\n"),
+    ("accents", "naïve café déjà vu"),
+    ("cyrillic", "Привет, мир"),
+    ("cjk", "日本語のテキスト"),
+    ("rtl", "שלום עולם"),
+    ("emoji", "ok 👍🏽 family 👨‍👩‍👧"),
+    ("number", "3.14159265358979323846"),
+    ("code", "def f(x):\n    return x**2  # square"),
+    ("hypertoken spelled", "<|scene|> not a scene <|reg:logic|>"),
+    ("control", "tab\tbell\x07end"),
+]
+PIECE_STYLES = ["on #264f78", "on #3a3d41"]  # alternate so neighbouring pieces stay apart
+
+
+def normalise(reply: dict[str, Any], text: str) -> dict[str, Any]:
+    """Pieces `[{id, piece, kind}]`, `decoded` and `round_trip` from a tokenize reply.
+
+    The daemon's reply carries `tokens`: a list of ids, a list of piece dicts, or a dict
+    with `pieces`/`tokens`, `ids`, `decoded` and `round_trip`.
+    """
+    body = reply.get("tokens", reply)
+    info: dict[str, Any] = body if isinstance(body, dict) else {"pieces": body}
+    raw = info.get("pieces", info.get("tokens", []))
+    ids = info.get("ids") or []
+    pieces = []
+    for i, item in enumerate(raw or []):
+        if isinstance(item, dict):
+            piece = item.get("piece", item.get("text", item.get("token", "")))
+            kind = item.get("kind") or ("hypertoken" if item.get("hypertoken") else
+                                        "special" if item.get("special") else "normal")
+            pieces.append({"id": item.get("id"), "piece": str(piece), "kind": str(kind)})
+        elif isinstance(item, int):
+            pieces.append({"id": item, "piece": "", "kind": "id"})
+        else:
+            pieces.append({"id": ids[i] if i < len(ids) else None, "piece": str(item),
+                           "kind": "normal"})
+    decoded = info.get("decoded")
+    verdict = info.get("round_trip")
+    if verdict is None and decoded is not None:
+        verdict = decoded == text
+    return {"pieces": pieces, "decoded": decoded, "round_trip": verdict}
+
+
+def render_pieces(pieces: list[dict[str, Any]]) -> Text:
+    """The pieces side by side, coloured by kind, hypertokens highlighted."""
+    text = Text()
+    for i, piece in enumerate(pieces):
+        shown = piece["piece"].replace("\n", "↵").replace("\t", "⇥") or f"#{piece['id']}"
+        kind = piece["kind"]
+        if kind == "hypertoken":
+            style = "bold black on magenta"
+        elif kind in ("special", "control"):
+            style = "bold white on red"
+        elif kind == "byte":
+            style = "dim " + PIECE_STYLES[i % 2]
+        else:
+            style = PIECE_STYLES[i % 2]
+        text.append(shown, style=style)
+    return text
+
+
+def verdict_text(verdict: bool | None) -> Text:
+    if verdict is None:
+        return Text("round trip: not reported", style="dim")
+    return Text("round trip: exact", style="bold green") if verdict else \
+        Text("round trip: CHANGED", style="bold red")
+
+
+class TokenizerPane(Pane):
+    """Tokenize what is typed; run the edge-case suite."""
+
+    title = "Tokenizer"
+    BINDINGS = [Binding("e", "edge_suite", "Edge suite"),
+                Binding("i", "focus_input", "Input", show=False)]
+
+    def compose(self):
+        yield Input(placeholder="text to tokenize (Enter)", id="tok-input")
+        with VerticalScroll(id="tok-body"):
+            yield Static("", id="tok-pieces")
+            yield Static("", id="tok-ids", classes="pane-note")
+            yield Static("", id="tok-verdict")
+            yield DataTable(id="tok-suite", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#tok-suite", DataTable)
+        for label in ("CASE", "TOKENS", "ROUND TRIP", "HYPERTOKENS"):
+            table.add_column(label, key=label.lower())
+        table.display = False
+
+    def action_focus_input(self) -> None:
+        self.query_one("#tok-input", Input).focus()
+
+    @on(Input.Submitted, "#tok-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.tokenize(event.value)
+        self.query_one("#tok-body").focus()
+
+    @work(exclusive=True, group="tok", exit_on_error=False)
+    async def tokenize(self, text: str) -> None:
+        pieces = self.query_one("#tok-pieces", Static)
+        try:
+            reply = await self.request("tokenize", text, lane="tokenizer")
+        except Exception as exc:
+            pieces.update(Text(self.explain(exc, "tokenizer tests"), style="yellow"))
+            self.query_one("#tok-ids", Static).update("")
+            self.query_one("#tok-verdict", Static).update("")
+            return
+        result = normalise(reply, text)
+        pieces.update(render_pieces(result["pieces"]))
+        ids = " ".join(str(p["id"]) for p in result["pieces"])
+        self.query_one("#tok-ids", Static).update(f"{len(result['pieces'])} tokens · ids {ids}")
+        self.query_one("#tok-verdict", Static).update(verdict_text(result["round_trip"]))
+
+    @work(exclusive=True, group="tok", exit_on_error=False)
+    async def action_edge_suite(self) -> None:
+        table = self.query_one("#tok-suite", DataTable)
+        table.clear()
+        table.display = True
+        for name, text in EDGE_CASES:
+            try:
+                result = normalise(await self.request("tokenize", text, lane="tokenizer"), text)
+            except Exception as exc:
+                table.display = False
+                self.query_one("#tok-pieces", Static).update(
+                    Text(self.explain(exc, "the tokenizer edge suite"), style="yellow"))
+                return
+            hyper = sum(1 for p in result["pieces"] if p["kind"] == "hypertoken")
+            verdict = result["round_trip"]
+            table.add_row(name, str(len(result["pieces"])),
+                          "?" if verdict is None else ("ok" if verdict else "[red]CHANGED[/]"),
+                          f"[red]{hyper} (injection!)[/]" if hyper else "0")
