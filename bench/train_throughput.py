@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                       # SmolLM2-135M (the default profile)
     python bench/train_throughput.py --profile tiny-test --steps 4   # a quick check
+    python bench/train_throughput.py --steps 4 --batch-size 1       # a busy 2-core machine
 
 Same base model, same LoRA config, same samples (the demo corpus, formatted and encoded once by
 hyperlex), same number of optimizer steps, same learning-rate schedule. The baseline is the usual
@@ -125,21 +126,28 @@ def run_trainer(profile, recipe, steps: int, samples_per_step: int, out_dir: Pat
             "train_loss_last": losses[-1] if losses else None}
 
 
-def child_rss(profile_name: str, precision: str, steps: int) -> dict:
+def child_rss(profile_name: str, precision: str, steps: int, batch_size: int | None,
+              max_seq_len: int | None) -> dict:
     """Run hyperlex in a child process at one precision; it reports its own peak RSS."""
-    command = [sys.executable, __file__, "--profile", profile_name, "--steps", str(steps),
+    command = [sys.executable, __file__, "--profile", profile_name, "--rss-steps", str(steps),
                "--child-precision", precision]
+    for flag, value in (("--batch-size", batch_size), ("--max-seq-len", max_seq_len)):
+        if value:
+            command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return {"precision": precision, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_main(profile_name: str, precision: str, steps: int) -> None:
+def child_main(profile_name: str, precision: str, steps: int, batch_size: int | None,
+               max_seq_len: int | None) -> None:
     from engine.profiles import load_profile
 
     profile = load_profile(profile_name)
     profile.device.precision = precision
+    profile.training.batch_size = batch_size or profile.training.batch_size
+    profile.training.max_seq_len = max_seq_len or profile.training.max_seq_len
     with tempfile.TemporaryDirectory() as scratch:
         result, _ = run_hyperlex(profile, steps, Path(scratch) / "run")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -153,11 +161,16 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps for each run")
     parser.add_argument("--rss-steps", type=int, default=2, help="steps of each RSS child")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="packed rows per hyperlex step (profile default)")
+    parser.add_argument("--max-seq-len", type=int, default=None,
+                        help="tokens per packed row (profile default)")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--child-precision", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_precision:
-        child_main(args.profile, args.child_precision, args.rss_steps)
+        child_main(args.profile, args.child_precision, args.rss_steps, args.batch_size,
+                   args.max_seq_len)
         return
 
     import torch
@@ -166,6 +179,8 @@ def main() -> None:
 
     profile = load_profile(args.profile)
     section = profile.training
+    section.batch_size = args.batch_size or section.batch_size
+    section.max_seq_len = args.max_seq_len or section.max_seq_len
     with tempfile.TemporaryDirectory() as scratch:
         ours, recipe = run_hyperlex(profile, args.steps, Path(scratch) / "hyperlex")
         per_step = max(1, round(ours["samples_per_step"]))
@@ -193,7 +208,8 @@ def main() -> None:
         return
     print("peak RSS of a hyperlex run (child process each):")
     for precision in ("fp32", "int8", "int4"):
-        row = child_rss(args.profile, precision, args.rss_steps)
+        row = child_rss(args.profile, precision, args.rss_steps, args.batch_size,
+                        args.max_seq_len)
         if "error" in row:
             print(f"  {precision:5s}: failed: {row['error']}")
         else:

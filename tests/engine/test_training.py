@@ -241,3 +241,14 @@ def test_two_processes_under_torchrun_match_one_with_the_same_global_batch(make_
         assert abs(got[step] - expected[step]) < TOLERANCE, (step, got[step], expected[step])
     assert abs(ddp_events[-1]["eval_loss"] - one.eval_loss) < TOLERANCE
     assert len([e for e in ddp_events if e["event"] == "done"]) == 1  # rank 0 alone reports
+
+
+@pytest.mark.parametrize("mode", ["bridge", "context"])
+def test_every_mode_trains(make_profile, tmp_path, mode):
+    result, events = run(make_profile(mode, training={"max_steps": 1, "max_seq_len": 256}),
+                         tmp_path / "r", mode=mode)
+    assert result.steps == 1 and result.adapter_dir.is_dir()
+    card = json.loads((result.run_dir / "run_card.json").read_text())
+    assert card["mode"] == mode and card["data"]["train_samples"] > 0
+    evals = [e for e in events if e["event"] == "eval"]
+    assert evals[0]["field_loss"] is not None and evals[0]["text_loss"] is not None
