@@ -64,6 +64,8 @@ class InferenceSection:
     seed: int = 0
     n_ctx: int = _knob(2048, minimum=16)
     openai_url: str = ""
+    openai_model: str = ""  # the server's base model name; empty = the first it lists
+    timeout_s: float = _knob(60.0, minimum=0.1)  # remote server: seconds before giving up
     system_prompt: str = ""
 
 

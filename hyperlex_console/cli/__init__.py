@@ -12,7 +12,10 @@ import click
 
 from engine import __version__
 
-COMMAND_MODULES = ["model", "profile", "chat", "corpus", "scenes", "tokenizer", "daemon", "keys", "train", "memory", "route"]
+COMMAND_MODULES = [
+    "model", "profile", "chat", "corpus", "scenes", "tokenizer", "train", "memory", "route",
+    "export", "demo", "daemon", "keys",
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

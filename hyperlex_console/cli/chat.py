@@ -1,101 +1,174 @@
-"""`hyperlex chat`: ask the profile's model, streaming the answer; a REPL with no prompt."""
+"""`hyperlex chat`: ask the profile's model, streaming the answer; a REPL with no prompt.
+
+Adapters are loaded once and stay loaded; in the REPL, `/adapter NAME` switches between them
+without reloading the model (`/adapter base` for none).
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
+from pathlib import Path
+from typing import Any
 
 import click
 
+from engine.errors import ConfigError, HyperlexError
 from engine.inference import GenerationRequest, open_backend
+from engine.inference.session import ChatSession
 from engine.profiles import load_profile
 from hyperlex_console.cli.common import (
     emit_json,
     handles_errors,
     json_option,
     profile_option,
+    report_error,
     stderr,
 )
+
+
+def parse_adapter(spec: str, profile: Any, backend: str) -> tuple[str, str | None, float]:
+    """`[NAME=]PATH[@SCALE]`, or a name from the profile's router adapters -> (name, path, scale).
+
+    For the openai backend a bare NAME is the server's adapter (model) name.
+    """
+    scale = 1.0
+    if "@" in spec:
+        spec, _, scale_text = spec.rpartition("@")
+        try:
+            scale = float(scale_text)
+        except ValueError as exc:
+            raise ConfigError(f"--adapter: scale {scale_text!r} is not a number") from exc
+    name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+    if not name:
+        known = profile.router.adapters
+        if path in known:
+            return path, known[path], scale
+        if backend == "openai" and not Path(path).exists():
+            return path, None, scale
+        name = Path(path).name.removesuffix(".gguf")
+    if not Path(path).exists():
+        raise ConfigError(f"--adapter {spec}: {path} does not exist",
+                          hint="give an adapter dir (or a GGUF LoRA for llamacpp), NAME=PATH, "
+                               "or a name from the profile's [router] adapters")
+    return name, path, scale
 
 
 @click.command("chat")
 @click.argument("prompt", required=False)
 @profile_option
+@click.option("--adapter", "adapter_specs", multiple=True, metavar="[NAME=]PATH[@SCALE]",
+              help="Load an adapter (repeatable); all given are active, with their scales.")
 @click.option("--backend", type=click.Choice(["hf", "llamacpp", "openai"]), default=None,
               help="Override the profile's inference backend.")
 @click.option("--max-tokens", type=int, default=None, help="Longest answer (profile default).")
 @click.option("--temperature", type=float, default=None, help="0 = greedy (profile default).")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling cut-off.")
 @click.option("--seed", type=int, default=None, help="Sampling seed.")
+@click.option("--stop", "stops", multiple=True, help="Stop string (repeatable).")
 @json_option
 @handles_errors
-def group(prompt: str | None, profile_name: str, backend: str | None, max_tokens: int | None,
-          temperature: float | None, top_p: float | None, seed: int | None,
-          as_json: bool) -> None:
+def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
+          backend: str | None, max_tokens: int | None, temperature: float | None,
+          top_p: float | None, seed: int | None, stops: tuple[str, ...], as_json: bool) -> None:
     """Chat with the profile's model. With PROMPT, answer once; without, open a REPL.
 
     The answer streams as it is generated. With --json, one JSON object is printed at the end:
-    {"text", "tokens", "tokens_per_s", "finish_reason", "backend", "profile"}.
+    {"text", "tokens", "tokens_per_s", "finish_reason", "backend", "profile", "adapters"}.
 
     \b
-    Example:
+    Examples:
       hyperlex chat --profile default "What is the capital of France?"
+      hyperlex chat --adapter logic=runs/logic/adapter "Is it valid?"
+      hyperlex chat --backend hf --adapter a=runs/a/adapter@0.5 --adapter b=runs/b/adapter
     """
     profile = load_profile(profile_name)
     settings = profile.inference
-
-    def request_for(history: list[dict[str, str]]) -> GenerationRequest:
-        return GenerationRequest(
-            messages=history,
-            max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
-            temperature=temperature if temperature is not None else settings.temperature,
-            top_p=top_p if top_p is not None else settings.top_p,
-            seed=seed if seed is not None else settings.seed).validate()
-
-    if prompt is not None:
-        request = request_for([{"role": "user", "content": prompt}])
-    model = open_backend(profile, backend)
+    backend_name = backend or settings.backend
+    adapters = [parse_adapter(spec, profile, backend_name) for spec in adapter_specs]
+    template = GenerationRequest(
+        messages=[{"role": "user", "content": "-"}],
+        max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
+        temperature=temperature if temperature is not None else settings.temperature,
+        top_p=top_p if top_p is not None else settings.top_p,
+        seed=seed if seed is not None else settings.seed, stop=list(stops)).validate()
+    model = open_backend(profile, backend_name)
     try:
+        for name, path, _ in adapters:
+            model.load_adapter(name, path)  # type: ignore[arg-type]
+        choice = {name: scale for name, _, scale in adapters} or None
+        session = ChatSession(backend=model, settings=template, adapter=choice)
         if prompt is not None:
-            stream = None if as_json else (lambda piece: (sys.stdout.write(piece),
-                                                          sys.stdout.flush()))
-            result = model.generate(request, on_token=stream)
+            stream = None if as_json else _write
+            result = session.send(prompt, on_token=stream)
             if as_json:
                 emit_json({"text": result.text, "tokens": result.tokens,
                            "tokens_per_s": round(result.tokens_per_s, 2),
                            "finish_reason": result.finish_reason, "backend": model.name,
-                           "profile": profile.name})
+                           "profile": profile.name, "adapters": choice or {}})
             else:
                 sys.stdout.write("\n")
             return
-        _repl(model, request_for)
+        _repl(session)
     finally:
         model.close()
 
 
-def _repl(model, request_for) -> None:  # type: ignore[no-untyped-def]
-    """Read prompts until EOF or /exit, keeping the conversation's history."""
-    history: list[dict[str, str]] = []
-    stderr.print("hyperlex chat: type a message; /reset clears the history, /exit or Ctrl-D quits.")
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _repl(session: ChatSession) -> None:
+    """Read prompts until EOF or /exit; Ctrl-C stops a running answer, not the REPL."""
+    stderr.print("hyperlex chat: type a message. /adapter NAME|base switches adapters, "
+                 "/adapters lists them, /reset clears the history, /exit or Ctrl-D quits.")
     while True:
         try:
-            line = input("> ")
+            line = input("> ").strip()
         except (EOFError, KeyboardInterrupt):
             sys.stdout.write("\n")
             return
-        if line.strip() in ("/exit", "/quit"):
+        if line in ("/exit", "/quit"):
             return
-        if line.strip() == "/reset":
-            history.clear()
+        if line == "/reset":
+            session.reset()
             continue
-        if not line.strip():
+        if line == "/adapters":
+            stderr.print(", ".join(session.backend.adapters) or "no adapters loaded")
             continue
-        history.append({"role": "user", "content": line})
+        if line.startswith("/adapter "):
+            name = line.split(maxsplit=1)[1]
+            try:
+                session.backend.set_active(name)
+                session.adapter = name
+            except HyperlexError as error:
+                report_error(error)
+            continue
+        if not line:
+            continue
+        _answer(session, line)
+
+
+def _answer(session: ChatSession, line: str) -> None:
+    """Generate in a thread so that Ctrl-C cancels the answer cleanly between tokens."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
         try:
-            result = model.generate(request_for(history),
-                                    on_token=lambda p: (sys.stdout.write(p), sys.stdout.flush()))
-        except KeyboardInterrupt:
-            sys.stdout.write("\n[stopped]\n")
-            history.pop()
-            continue
-        sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": result.text})
+            outcome["result"] = session.send(line, on_token=_write)
+        except HyperlexError as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        session.cancel()
+        worker.join()
+        sys.stdout.write("\n[stopped]")
+    sys.stdout.write("\n")
+    if "error" in outcome:
+        report_error(outcome["error"])
