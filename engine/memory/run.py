@@ -5,7 +5,9 @@
 
 With `--progress-jsonl`, stdout carries one JSON object a line: `{"event":"progress",...}` per
 stage of the add (embed, index), `{"event":"log","message":...}`, `{"event":"done",...}` with the
-add report, and on failure `{"event":"error","type":...,"message":...,"hint":...}` (exit 1). A
+add report, and on failure `{"event":"error","type":...,"message":...,"hint":...}` (exit 1).
+When some input lines are bad they are named in `log` events, the good scenes are still added,
+and the exit code is 2. A
 write is atomic, so a killed add leaves the previous index usable; running it again (`--resume`)
 costs only what was not committed, thanks to the embedding cache. Bad lines of the input are
 reported with their line numbers and the good ones are added. Knows nothing of the daemon.
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import HyperlexError
+
+BAD_LINES_EXIT_CODE = 2  # some input lines were bad; the good ones were added
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -70,11 +74,18 @@ def cli(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = parse_args(argv)
     try:
-        emit(run(args))
+        done = run(args)
     except HyperlexError as error:
         emit({"event": "error", **error.to_dict()})
         print(f"error: {error}", file=sys.stderr)
         return 1
+    emit(done)
+    if done["bad_lines"]:
+        # Bad input exits non-zero even though the good scenes were added.
+        print(f"error: {done['bad_lines']} bad line(s) in {args.input} were skipped; "
+              f"{done['added'] + done['updated'] + done['unchanged']} good scene(s) kept",
+              file=sys.stderr)
+        return BAD_LINES_EXIT_CODE
     return 0
 
 

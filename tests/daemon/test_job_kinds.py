@@ -58,19 +58,19 @@ def test_memory_add_job_then_memory_search(client, tmp_path):
     empty = client.memory_search("where is the lighthouse?")
     assert empty["hits"] == [] and "empty" in empty["hint"]
     scenes = tmp_path / "scenes.jsonl"
-    rows = [
-        {"id": "d1#0", "doc": "d1", "span": [0, 60], "register": "emotion",
-         "text": "The lighthouse keeper lit the lamp and watched the ships at night."},
-        {"id": "d2#0", "doc": "d2", "span": [0, 60], "register": "logic",
-         "text": "Every prime above two is odd, so the sum of two of them is even."},
-        {"id": "d3#0", "doc": "d3", "span": [0, 50], "register": "function",
-         "text": "A key opens the door; the hammer drives the nail."},
-    ]
+    texts = {"d1#0": ("emotion", "The lighthouse keeper lit the lamp and watched the ships."),
+             "d2#0": ("logic", "Every prime above two is odd, so the sum of two is even."),
+             "d3#0": ("function", "A key opens the door; the hammer drives the nail.")}
+    rows = [{"id": sid, "doc": sid.split("#")[0], "span": [0, len(text)], "register": register,
+             "text": text} for sid, (register, text) in texts.items()]
     scenes.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
     job = client.job_submit("memory-add", {"input": str(scenes)}, profile="tiny-test")["job"]
-    result = _succeeded(client, job["id"])["result"]
+    done = client.wait_job(job["id"], timeout=120)
+    result = done["result"]
+    # A bad line fails the job (exit 2) and is named, but the good scenes are added.
+    assert done["state"] == "failed" and "1 bad line" in done["error"]
     assert result["added"] == 3 and result["bad_lines"] == 1
-    assert any("line 4" in line for line in client.job_logs(job["id"])["lines"])
+    assert any("scenes.jsonl:4:" in line for line in client.job_logs(job["id"])["lines"])
     found = client.memory_search("a lamp that guides ships in the dark", k=2)
     assert found["hint"] is None and found["scenes"] == 3
     assert [h["scene_id"] for h in found["hits"]][0] == "d1#0"
