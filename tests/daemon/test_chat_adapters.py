@@ -82,8 +82,10 @@ def test_chat_with_a_train_jobs_adapter_and_routed_chat(start_daemon, adapters, 
         default_classifier_path())
     a, b = adapters
     profile = tmp_path / "routed.toml"
-    profile.write_text(f'name = "routed"\nextends = "tiny-test"\n[router]\nthreshold = 0.0\n'
-                       f'adapters = {{ logic = "{a}", emotion = "{b}" }}\n')
+    # No new token rows: the trained adapter fits the shared base model's vocabulary.
+    profile.write_text(f'name = "routed"\nextends = "tiny-test"\n[tokenizer]\n'
+                       f'hypertokens = false\ntrain_new_rows = "none"\n[router]\n'
+                       f'threshold = 0.0\nadapters = {{ logic = "{a}", emotion = "{b}" }}\n')
     daemon = start_daemon("--profile", str(profile))
     with daemon.client(timeout=60.0) as client:
         job = client.job_submit("train", {"max_steps": 2})["job"]
