@@ -33,7 +33,10 @@ from engine.errors import HyperlexError
 # Requests that may be sent twice without harm (job_submit and chat: thanks to their ids).
 IDEMPOTENT = {"hello", "status", "profile_list", "profile_use", "job_submit", "job_list",
               "job_get", "job_cancel", "job_logs", "chat", "chat_cancel", "tokenize",
-              "memory_search", "route", "snapshot", "sync_probe"}
+              "memory_search", "route", "snapshot", "sync_probe", "adapters",
+              "tokenizer_suite"}
+# Requests whose first call may load a model or an index: they get this long per try.
+SLOW_TIMEOUT_S = 120.0
 
 
 class DaemonError(HyperlexError):
@@ -143,11 +146,41 @@ class _Requests:
             content["profile"] = profile
         return self._call("tokenize", content)
 
-    def memory_search(self, query: str, k: int = 5) -> Any:
-        return self._call("memory_search", {"query": _check(query, str, "query"), "k": k})
+    def memory_search(self, query: str, k: int = 5, **filters: Any) -> Any:
+        """Nearest scenes: `{hits: [{scene_id, score, scene}], hint, memory, scenes}`.
 
-    def route(self, prompt: str) -> Any:
-        return self._call("route", {"prompt": _check(prompt, str, "prompt")})
+        Filters: `register`, `doc`, `level` (a value or a list), `memory` (a name), `profile`.
+        """
+        return self._call("memory_search", {"query": _check(query, str, "query"), "k": k,
+                                            **filters}, timeout=SLOW_TIMEOUT_S)
+
+    def route(self, prompt: str, profile: str | None = None) -> Any:
+        """The router's decision: `{route: {register, scores, mode, adapter, ...}|None, hint}`."""
+        content = {"prompt": _check(prompt, str, "prompt")}
+        if profile:
+            content["profile"] = profile
+        return self._call("route", content, timeout=SLOW_TIMEOUT_S)
+
+    def adapters(self) -> Any:
+        """`{loaded: [{name, path, active}], known: [{name, ref, job, path, ...}], active,
+        model_loaded, profile}`."""
+        return self._call("adapters", {})
+
+    def job_resume(self, job_id: int, restart: bool = False) -> Any:
+        """Queue a failed/cancelled/interrupted job again from its checkpoint: `{job, resume}`."""
+        return self._call("job_resume", {"id": _check(job_id, int, "job_id"),
+                                         "restart": restart})
+
+    def ab_rating(self, prompt: str, answers: list[Any] | dict[str, Any], rating: Any,
+                  **extra: Any) -> Any:
+        """Store an A/B judgement in the daemon's state dir: `{saved, path, count}`."""
+        return self._call("ab_rating", {"prompt": _check(prompt, str, "prompt"),
+                                        "answers": answers, "rating": rating, **extra})
+
+    def tokenizer_suite(self, profile: str | None = None) -> Any:
+        """The tokenizer edge-case suite: `{profile, tokenizer, cases, round_trip_rate, ...}`."""
+        return self._call("tokenizer_suite", {"profile": profile} if profile else {},
+                          timeout=SLOW_TIMEOUT_S)
 
     def snapshot(self, prefix: str = "", since: dict[str, int] | None = None) -> Any:
         """Retained events of topics under `prefix` after the seqs in `since`."""

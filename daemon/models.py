@@ -6,6 +6,11 @@ generations one at a time; waiting chats are served round-robin across client se
 client with ten queued chats does not starve one with a single chat. Tokens are handed to
 `publish(topic, data)` as they come; a cancelled chat stops at the next token.
 
+Adapters: a chat may name an adapter (resolved by the server to a name and a PEFT dir or GGUF
+LoRA) or ask to be routed. An adapter is loaded onto the loaded model once, through the backend's
+`load_adapter`, and then only activated per chat (`GenerationRequest.adapter`): switching never
+reloads the model. A chat without an adapter runs on the base model.
+
 Generation goes through engine.inference's `Backend`; this module knows nothing of sockets.
 """
 
@@ -17,12 +22,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from engine.errors import NotAvailableError
+from engine.errors import ConfigError, ModelFormatError
 
 log = logging.getLogger("hyperlexd.models")
 Publish = Callable[[str, dict[str, Any]], None]
+# (profile name, prompt) -> a route decision as engine.routing's RouteDecision.to_dict()
+RouteFn = Callable[[str, str], dict[str, Any]]
 
 
 class ChatCancelled(Exception):
@@ -62,11 +70,17 @@ class ModelManager:
         profile: the profile whose model chats use.
         keep_alive_s: unload after this long without a chat.
         opener: profile name -> (backend, profile); engine.inference by default.
+        router: (profile name, prompt) -> route decision dict, for chats with `route`.
     """
 
     def __init__(self, publish: Publish, profile: str, keep_alive_s: float = 300.0,
-                 opener: Callable[[str], tuple[Any, Any]] = open_profile_backend):
+                 opener: Callable[[str], tuple[Any, Any]] = open_profile_backend,
+                 router: RouteFn | None = None):
         self._opener = opener
+        self._router = router
+        self._adapter_paths: dict[str, str] = {}  # adapters loaded on the current backend
+        self._active: Any = "base"
+        self.adapter_loads = 0
         self._publish = publish
         self.profile = profile
         self.keep_alive_s = keep_alive_s
@@ -120,7 +134,22 @@ class ModelManager:
             if self._backend is not None:
                 loaded = str(getattr(self._backend, "model_file", self._loaded_name))
             return {"loaded": loaded, "profile": self.profile, "queued_chats": queued,
-                    "keep_alive_s": self.keep_alive_s, "loads": self.loads}
+                    "keep_alive_s": self.keep_alive_s, "loads": self.loads,
+                    "backend": getattr(self._backend, "name", None),
+                    # Same number across chats = the same model object: adapters switched
+                    # without a reload.
+                    "instance": id(self._backend) if self._backend is not None else None,
+                    "adapters": [{"name": n, "path": p} for n, p in self._adapter_paths.items()],
+                    "active_adapter": self._active if self._backend is not None else None,
+                    "adapter_loads": self.adapter_loads}
+
+    def loaded_adapters(self) -> list[dict[str, Any]]:
+        """The adapters loaded on the current model: `[{name, path, active}]`."""
+        with self._cond:
+            active = self._active
+            names = set(active) if isinstance(active, dict) else {active}
+            return [{"name": n, "path": p, "active": n in names}
+                    for n, p in self._adapter_paths.items()]
 
     def stop(self) -> None:
         with self._cond:
@@ -179,6 +208,8 @@ class ModelManager:
             self._backend.close()
         self._backend = None
         self._loaded_name = None
+        self._adapter_paths = {}
+        self._active = "base"
         self._unload_requested = False
 
     def _load(self, profile_name: str) -> tuple[Any, Any]:
@@ -205,24 +236,27 @@ class ModelManager:
             pieces.append(text)
 
         try:
-            if chat.options.get("adapter"):
-                raise NotAvailableError("switching LoRA adapters in chat is not available yet")
             backend, profile = self._load(profile_name)
+            choice, route = self._adapter_choice(chat, backend, profile, profile_name)
             inference = profile.inference
             request = GenerationRequest(
                 messages=list(chat.messages),
                 max_tokens=int(chat.options.get("max_tokens") or inference.max_tokens),
                 temperature=float(chat.options.get("temperature", inference.temperature)),
                 top_p=float(chat.options.get("top_p", inference.top_p)),
-                seed=int(chat.options.get("seed", inference.seed))).validate()
+                seed=int(chat.options.get("seed", inference.seed)),
+                adapter=choice).validate()
+            with self._cond:
+                self._active = choice
             self._publish(chat.topic, {"event": "start", "chat_id": chat.chat_id,
-                                       "profile": profile_name})
+                                       "profile": profile_name, "adapter": choice,
+                                       "route": route})
             started = time.monotonic()
             if chat.cancelled.is_set():
                 raise ChatCancelled
             result = backend.generate(request, on_token)
             self._finish(chat, result.finish_reason, len(pieces), "".join(pieces),
-                         time.monotonic() - started)
+                         time.monotonic() - started, adapter=choice)
         except ChatCancelled:
             self._finish(chat, "cancelled", len(pieces), "".join(pieces),
                          time.monotonic() - started)
@@ -234,10 +268,80 @@ class ModelManager:
         finally:
             self._last_used = time.monotonic()
 
-    def _finish(self, chat: Chat, reason: str, n_tokens: int, text: str, elapsed: float) -> None:
+    def _adapter_choice(self, chat: Chat, backend: Any, profile: Any, profile_name: str
+                        ) -> tuple[Any, dict[str, Any] | None]:
+        """The adapter choice for this chat, loading adapters it needs that are not loaded yet.
+
+        Returns:
+            (choice for GenerationRequest.adapter: "base", a name or name -> weight; the route
+            decision when the chat was routed, else None).
+        """
+        if chat.options.get("route"):
+            if self._router is None:
+                raise ConfigError("this daemon has no router")
+            prompt = next((m["content"] for m in reversed(chat.messages)
+                           if m["role"] == "user"), chat.messages[-1]["content"])
+            decision = self._router(profile_name, prompt)
+            paths = dict(profile.router.adapters)
+            if decision["mode"] == "adapter":
+                self._ensure_adapter(backend, decision["adapter"], decision["adapter_path"])
+                return decision["adapter"], decision
+            if decision["mode"] == "mix":
+                for register in decision["weights"]:
+                    self._ensure_adapter(backend, register, paths[register])
+                return dict(decision["weights"]), decision
+            return "base", decision
+        spec = chat.options.get("adapter")
+        if not spec:
+            return "base", None
+        name, path = spec["name"], spec.get("path")
+        if path:
+            self._ensure_adapter(backend, name, path)
+        elif name not in self._adapter_paths and name not in getattr(backend, "adapters", []):
+            raise ConfigError(f"adapter '{name}' is not loaded",
+                              hint="name a PEFT adapter dir, job:ID of a finished train job, "
+                                   "or one of the `adapters` request's names")
+        return name, None
+
+    def _ensure_adapter(self, backend: Any, name: str, path: str) -> None:
+        """Load `path` under `name` onto the loaded model, once."""
+        if self._adapter_paths.get(name) == str(path):
+            return
+        log.info("loading adapter %s from %s", name, path)
+        _check_vocabulary(backend, Path(path))
+        backend.load_adapter(name, path)
+        with self._cond:
+            self._adapter_paths[name] = str(path)
+            self.adapter_loads += 1
+
+    def _finish(self, chat: Chat, reason: str, n_tokens: int, text: str, elapsed: float,
+                adapter: Any = None) -> None:
         chat.state = "cancelled" if reason == "cancelled" else "done"
         self._publish(chat.topic, {"event": "done", "reason": reason, "n_tokens": n_tokens,
                                    "text": text, "elapsed_s": round(elapsed, 4),
-                                   "tokens_per_s": round(n_tokens / elapsed, 2) if elapsed else 0})
+                                   "tokens_per_s": round(n_tokens / elapsed, 2) if elapsed else 0,
+                                   "adapter": adapter})
         with self._cond:
             self._chats.pop(chat.chat_id, None)
+
+
+def _check_vocabulary(backend: Any, adapter_dir: Path) -> None:
+    """Refuse, with a clear message, an adapter whose tokenizer adds tokens to the base's.
+
+    Such an adapter (trained with hypertokens as new embedding rows) needs the base model's
+    embeddings resized, which an adapter switch on a shared loaded model cannot do.
+    """
+    tokenizer_file = adapter_dir / "tokenizer.json"
+    base_tokenizer = getattr(backend, "tokenizer", None)
+    if not tokenizer_file.is_file() or base_tokenizer is None:
+        return
+    from tokenizers import Tokenizer
+
+    adapter_vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+    base_vocab = len(base_tokenizer)
+    if adapter_vocab > base_vocab:
+        raise ModelFormatError(
+            f"adapter {adapter_dir} adds {adapter_vocab - base_vocab} tokens to the base "
+            f"model's {base_vocab}: it cannot be switched onto the shared loaded model",
+            hint="merge it (`hyperlex export merge --adapter DIR -o OUT`) and chat with the "
+                 "merged model, or train without new token rows (tokenizer.train_new_rows)")

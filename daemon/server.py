@@ -12,13 +12,13 @@ This module knows nothing of the console.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import importlib
 import logging
 import os
 import queue
 import re
 import signal
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from daemon import __version__
+from daemon import __version__, services
 from daemon import protocol as proto
 from daemon.connection import (
     ConnectionInfo,
@@ -52,7 +52,11 @@ log = logging.getLogger("hyperlexd")
 
 PARAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Requests answered on a worker thread because they may load models or indexes.
-OFFLOADED = {"tokenize", "memory_search", "route", "profile_list", "profile_use"}
+OFFLOADED = {"tokenize", "memory_search", "route", "profile_list", "profile_use",
+             "tokenizer_suite", "ab_rating", "status"}
+JOB_REF = re.compile(r"job:(\d+)")
+# Job states a job_resume request may restart.
+RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
 class BadRequest(HyperlexError):
@@ -145,9 +149,8 @@ class Server:
         self.recent_chats: OrderedDict[str, str] = OrderedDict()
         self.last_progress_write: dict[int, float] = {}
         self.counters: dict[str, int] = {}
+        self.job_counts: dict[str, int] = {}
         self._next_heartbeat = 0.0
-        self._tokenizers: dict[str, Any] = {}
-        self._tokenizers_lock = threading.Lock()
         self._wake_pending = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                            thread_name_prefix="request")
@@ -181,8 +184,11 @@ class Server:
         request, events, server_key = self._bind()
         self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs")
         self._recover_jobs()
+        self._refresh_job_counts()
         self.models = ModelManager(self.publish_threadsafe, self.profile,
-                                   keep_alive_s=self.settings.keep_alive_s)
+                                   keep_alive_s=self.settings.keep_alive_s,
+                                   router=lambda profile, prompt:
+                                   services.router(profile).route(prompt).to_dict())
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -457,13 +463,25 @@ class Server:
                 "pid": os.getpid(), "events": self.info.events, "profile": self.profile}
 
     def on_status(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        # Answered on a worker thread (it reads /proc and CUDA), so the job counts come from
+        # the numbers the loop thread keeps, never from the loop thread's SQLite connection.
         return {"pid": os.getpid(), "epoch": self.epoch, "profile": self.profile,
                 "uptime_s": round(time.time() - self.started_at, 3),
-                "jobs": {state: self.store.count(state) for state in
-                         ("queued", "running", "interrupted")},
+                "jobs": dict(self.job_counts),
                 "models": self.models.status(), "stopping": self.stopping,
                 "counters": dict(self.counters),
-                "job_kinds": {name: kind.available() for name, kind in JOB_KINDS.items()}}
+                "job_kinds": {name: kind.available() for name, kind in JOB_KINDS.items()},
+                **services.device_status(self._job_pids())}
+
+    def _job_pids(self) -> list[int]:
+        try:
+            return [proc.pid for proc in tuple(self.running.values())]
+        except RuntimeError:  # the loop thread changed the dict meanwhile: skip this once
+            return []
+
+    def _refresh_job_counts(self) -> None:
+        self.job_counts = {state: self.store.count(state) for state in
+                           ("queued", "running", "interrupted")}
 
     def on_profile_list(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         profiles = _engine("engine.profiles", "profiles")
@@ -519,6 +537,8 @@ class Server:
             if not PARAM_NAME.fullmatch(key) or not isinstance(value, (str, int, float, bool)):
                 raise BadRequest(f"job param {key[:40]!r}: names are lower_snake_case and "
                                  "values are strings, numbers or booleans")
+        if isinstance(params.get("adapter"), str) and JOB_REF.fullmatch(params["adapter"]):
+            params["adapter"] = self._resolve_adapter(params["adapter"])["path"]
         job_kind(kind).command({"params": {}, "profile": profile, "run_dir": "", "resume": False})
         job, created = self.store.submit(kind, profile, dict(params), request_id,
                                          self.settings.max_queue)
@@ -564,12 +584,19 @@ class Server:
         if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
                                    and isinstance(m.get("role"), str) for m in messages):
             raise BadRequest("messages must be a non-empty list of {role, content} strings")
-        options = {k: content[k] for k in ("max_tokens", "temperature", "top_p", "seed",
-                                           "adapter") if k in content}
+        options = {k: content[k] for k in ("max_tokens", "temperature", "top_p", "seed")
+                   if k in content}
         for key in ("max_tokens", "seed"):
             _arg(options, key, int)
         for key in ("temperature", "top_p"):
             _arg(options, key, (int, float))
+        adapter = _arg(content, "adapter", str)
+        if _arg(content, "route", bool, default=False):
+            if adapter and adapter != "base":
+                raise BadRequest("give either 'adapter' or 'route', not both")
+            options["route"] = True
+        elif adapter and adapter != "base":
+            options["adapter"] = self._resolve_adapter(adapter)
         self.recent_chats[chat_id] = msg.header["session"]
         while len(self.recent_chats) > 10_000:
             self.recent_chats.popitem(last=False)
@@ -583,27 +610,122 @@ class Server:
         """Token ids and pieces of `text` under a profile's hypertokenizer (cached per profile)."""
         text = _arg(content, "text", str, required=True)
         profile_name = _arg(content, "profile", str, default=self.profile)
-        module = _engine("engine.tokenizer", "tokenizer tests")
-        with self._tokenizers_lock:
-            tokenizer = self._tokenizers.get(profile_name)
-            if tokenizer is None:
-                profile = importlib.import_module("engine.profiles").load_profile(profile_name)
-                tokenizer = module.Hypertokenizer.from_profile(profile)
-                self._tokenizers[profile_name] = tokenizer
+        _engine("engine.tokenizer", "tokenizer tests")
+        tokenizer = services.hypertokenizer(profile_name)
         ids = tokenizer.encode_text(text)
         return {"ids": ids, "pieces": tokenizer.pieces(ids), "count": len(ids),
                 "hypertoken_ids": [i for i in ids if tokenizer.is_hypertoken_id(i)]}
 
     def on_memory_search(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """Scenes nearest to `query` in the scene memory under the daemon's state dir."""
         query = _arg(content, "query", str, required=True)
         k = _arg(content, "k", int, default=5)
-        module = _engine("engine.memory", "scene memory search")
-        return {"results": _call_engine(module, "search", self.profile, query, k)}
+        if not 1 <= k <= 1000:
+            raise BadRequest("k must be within 1..1000")
+        filters = {}
+        for key, kind in (("register", str), ("doc", str), ("level", int)):
+            value = content.get(key)
+            values = value if isinstance(value, list) else [value] if value is not None else []
+            if not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+                raise BadRequest(f"field '{key}' must be a {kind.__name__} or a list of them")
+            if values:
+                filters[key] = values
+        memory = _arg(content, "memory", str, default="default")
+        if not PARAM_NAME.fullmatch(memory):
+            raise BadRequest("field 'memory' names a memory under the state dir (lower_snake)")
+        profile = _arg(content, "profile", str, default=self.profile)
+        _engine("engine.memory", "scene memory search")
+        result = services.memory_search(profile, self.dirs.state, query, k, filters, memory)
+        # `results` is engine.memory's SearchResult.to_dict() shape, as front ends read it.
+        return {**result, "results": {"hits": result["hits"], "hint": result["hint"]}}
 
     def on_route(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """The router's decision for `prompt` (scores, adapter or base/mix), or a hint."""
         prompt = _arg(content, "prompt", str, required=True)
-        module = _engine("engine.routing", "adapter routing")
-        return {"route": _call_engine(module, "route", self.profile, prompt)}
+        profile = _arg(content, "profile", str, default=self.profile)
+        _engine("engine.routing", "adapter routing")
+        return services.route(profile, prompt)
+
+    def on_tokenizer_suite(self, content: dict[str, Any], msg: proto.Message
+                           ) -> dict[str, Any]:
+        """engine.tokenizer's edge-case suite on the profile's hypertokenizer."""
+        profile = _arg(content, "profile", str, default=self.profile)
+        _engine("engine.tokenizer", "tokenizer tests")
+        return services.tokenizer_suite(profile)
+
+    def on_ab_rating(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """Keep a person's A/B judgement: `{prompt, answers, rating}` appended as JSONL."""
+        prompt = _arg(content, "prompt", str, required=True)
+        answers = _arg(content, "answers", (list, dict), required=True)
+        rating = content.get("rating")
+        if rating is None or not isinstance(rating, (str, int, float, dict, list)):
+            raise BadRequest("field 'rating' is required: a string, number, list or object")
+        record = {"prompt": prompt, "answers": answers, "rating": rating,
+                  "profile": _arg(content, "profile", str, default=self.profile)}
+        for key in ("adapters", "note", "chat_ids"):
+            if key in content:
+                record[key] = content[key]
+        return services.save_ab_rating(self.dirs.state, record)
+
+    def on_adapters(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """Adapters loaded on the chat model, and known ones (succeeded train jobs)."""
+        known = []
+        for job in self.store.list("succeeded", limit=1000):
+            adapter_dir = (job.get("result") or {}).get("adapter_dir")
+            if job["kind"] == "train" and adapter_dir and Path(adapter_dir).is_dir():
+                known.append({"name": f"job-{job['id']}", "ref": f"job:{job['id']}",
+                              "job": job["id"], "path": adapter_dir, "profile": job["profile"],
+                              "final_loss": job["result"].get("final_loss"),
+                              "finished": job["finished"]})
+        status = self.models.status()
+        return {"loaded": self.models.loaded_adapters(), "known": known,
+                "active": status["active_adapter"], "model_loaded": status["loaded"] is not None,
+                "profile": status["profile"]}
+
+    def on_job_resume(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
+        """Queue a failed, cancelled or interrupted job again, from its checkpoint.
+
+        Without a checkpoint it is refused unless `restart` is true (then it starts over).
+        """
+        job = self.store.get(_arg(content, "id", int, required=True))
+        restart = _arg(content, "restart", bool, default=False)
+        if job["state"] not in RESUMABLE:
+            raise BadRequest(f"job {job['id']} is {job['state']}: only "
+                             f"{', '.join(RESUMABLE)} jobs can be resumed")
+        if not job["checkpoint"] and not restart:
+            raise BadRequest(f"job {job['id']} has no checkpoint to resume from",
+                             hint="send restart=true to run it again from the start")
+        resume = bool(job["checkpoint"])
+        self.store.update(job["id"], state="queued", resume=int(resume), finished=None,
+                          pid=None, error=None)
+        JobLog(Path(job["run_dir"])).append(
+            f"{time.strftime('%F %T')} [daemon] queued again "
+            + (f"to resume from {job['checkpoint']}" if resume else "to restart"))
+        self._publish_state(job["id"], "queued", resume=resume)
+        self._schedule()
+        return {"job": self.store.get(job["id"]), "resume": resume}
+
+    def _resolve_adapter(self, spec: str) -> dict[str, str]:
+        """A chat's adapter: "job:ID" (a succeeded train job), a PEFT dir or GGUF LoRA path, or
+        the name of an adapter already loaded. Returns `{name, path?}`."""
+        match = JOB_REF.fullmatch(spec)
+        if match:
+            job = self.store.get(int(match.group(1)))
+            adapter_dir = (job.get("result") or {}).get("adapter_dir")
+            if job["state"] != "succeeded" or not adapter_dir:
+                raise BadRequest(f"job {job['id']} ({job['kind']}, {job['state']}) has no "
+                                 "adapter", hint="use a succeeded train job")
+            return {"name": f"job-{job['id']}", "path": adapter_dir}
+        path = Path(spec).expanduser()
+        if "/" in spec or path.exists():
+            if not path.exists():
+                raise BadRequest(f"adapter {spec} does not exist")
+            path = path.resolve()
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
+            # PEFT adapter names become module keys: no dots or slashes.
+            stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.name)[:40] or "adapter"
+            return {"name": f"{stem}-{digest}", "path": str(path)}
+        return {"name": spec}
 
     def on_shutdown(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         self.request_stop()
@@ -612,6 +734,7 @@ class Server:
     # --- jobs -----------------------------------------------------------------------------------
 
     def _publish_state(self, job_id: int, state: str, **extra: Any) -> None:
+        self._refresh_job_counts()
         self.publish(f"job.{job_id}.progress", {"event": "state", "state": state, **extra})
         self.publish(STATUS_TOPIC, {"event": "job", "id": job_id, "state": state})
 
@@ -670,7 +793,7 @@ class Server:
             self.publish(f"job.{job_id}.log", {"line": str(event.get("message", ""))})
             return
         self.publish(f"job.{job_id}.progress", event)
-        if name == "step":
+        if name in ("step", "progress"):
             now = time.monotonic()
             if now - self.last_progress_write.get(job_id, 0.0) > 0.5:
                 self.store.update(job_id, progress=event)
@@ -714,10 +837,3 @@ def _engine(module: str, purpose: str) -> Any:
             raise NotAvailableError(f"{purpose} is not available: {module} is not part of "
                                     "this build") from None
         raise
-
-
-def _call_engine(module: Any, function: str, *args: Any) -> Any:
-    fn = getattr(module, function, None)
-    if fn is None:
-        raise NotAvailableError(f"{module.__name__}.{function} is not available in this build")
-    return fn(*args)

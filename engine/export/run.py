@@ -1,0 +1,98 @@
+"""`python -m engine.export.run`: export an adapter as a process, for the daemon.
+
+    python -m engine.export.run --profile P --adapter DIR [--format gguf-lora|merge|gguf]
+        [--output PATH] [--base SPEC] [--run-dir DIR] --progress-jsonl
+
+Formats: `gguf-lora` (a GGUF LoRA next to the base GGUF; the default), `merge` (the adapter
+merged into its base, an HF safetensors dir) and `gguf` (a full GGUF model with added hypertokens
+kept). The output defaults to a file or dir in the run dir. With `--progress-jsonl`, stdout
+carries one JSON object a line: `{"event":"progress","stage":...}` as each stage starts,
+`{"event":"done","path":...,"format":...}` and on failure `{"event":"error",...}` (exit 1).
+`--resume` exports again (writes are atomic). Knows nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.errors import HyperlexError
+
+FORMATS = ("gguf-lora", "merge", "gguf")
+DEFAULT_OUTPUT = {"gguf-lora": "adapter-lora.gguf", "merge": "merged", "gguf": "model.gguf"}
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One progress event on stdout."""
+    sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.export.run",
+                                     description="Export a LoRA adapter.")
+    parser.add_argument("--profile", default="default", help="profile name or .toml path")
+    parser.add_argument("--adapter", type=Path, required=True, help="PEFT adapter dir")
+    parser.add_argument("--format", choices=FORMATS, default="gguf-lora")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--base", default=None, help="base model spec (default: the profile's)")
+    parser.add_argument("--run-dir", type=Path, default=Path("."))
+    parser.add_argument("--resume", action="store_true", help="export again")
+    parser.add_argument("--progress-jsonl", action="store_true",
+                        help="print JSON events on stdout (always on; kept for the contract)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Export; returns the `done` event."""
+    from engine.export.merge import merge_adapter
+    from engine.models import gguf_path, resolve_model
+    from engine.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    out = args.output or args.run_dir / DEFAULT_OUTPUT[args.format]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base_spec = args.base or profile.model.base
+    gguf_spec = args.base or profile.model.gguf or profile.model.base
+    if args.format == "gguf-lora":
+        from engine.export.gguf_lora import export_gguf_lora
+
+        emit({"event": "progress", "stage": "base-gguf", "done": 0, "total": 2})
+        base_gguf = gguf_path(gguf_spec)
+        emit({"event": "progress", "stage": "gguf-lora", "done": 1, "total": 2})
+        data = export_gguf_lora(args.adapter, base_gguf, out).to_dict()
+    elif args.format == "merge":
+        emit({"event": "progress", "stage": "merge", "done": 0, "total": 1})
+        data = {"path": str(merge_adapter(args.adapter, base_spec, out))}
+    else:
+        from engine.export.gguf_model import export_gguf
+
+        resolved = resolve_model(gguf_spec)
+        base_gguf = resolved.path if resolved.kind == "gguf" else None
+        with tempfile.TemporaryDirectory(prefix="hyperlex-merge-", dir=out.parent) as work:
+            emit({"event": "progress", "stage": "merge", "done": 0, "total": 2})
+            merged = merge_adapter(args.adapter, base_spec, Path(work) / "merged")
+            emit({"event": "progress", "stage": "gguf", "done": 1, "total": 2})
+            data = export_gguf(merged, out, base_gguf=base_gguf).to_dict()
+    return {"event": "done", "format": args.format, **data,
+            "path": str(data.get("path", out))}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = parse_args(argv)
+    try:
+        emit(run(args))
+    except HyperlexError as error:
+        emit({"event": "error", **error.to_dict()})
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
