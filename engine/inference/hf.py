@@ -131,6 +131,7 @@ class HFBackend:
             raise ModelNotFoundError(f"adapter dir {path} does not exist",
                                      hint="the hf backend loads PEFT adapter dirs")
         adapter_config(path)
+        self._extend_vocabulary_for(path)
         check_shapes(read_adapter(path), self._module_shapes(), base_name=str(self.model_dir))
         if name in self._loaded:
             self.unload_adapter(name)
@@ -142,6 +143,37 @@ class HFBackend:
         self._loaded.append(name)
         if self._active:
             self._select(self._active)  # loading made the new adapter PEFT's active one
+
+    def _extend_vocabulary_for(self, path: Path) -> None:
+        """Give the shared base the rows of an adapter's hypertokens, before PEFT loads it.
+
+        An adapter trained with hypertokens carries its trained rows (trainable tokens or a
+        modules_to_save copy) but not the base's resized embedding: the base is resized here,
+        each new row the mean of its spelling as in training, and the adapter's rows then apply
+        on top. Adapters of one profile share one vocabulary, so this happens once.
+
+        Raises:
+            ModelFormatError: the adapter needs more rows than the base was given for an
+                adapter already loaded (adapters from different vocabularies).
+        """
+        from engine.tokenizer import Hypertokenizer, resize_embeddings
+        from engine.tokenizer.hypertokenizer import MANIFEST
+
+        if not (path / MANIFEST).is_file():
+            return
+        hypertokenizer = Hypertokenizer.load(path)
+        rows = int(self.base.get_input_embeddings().weight.shape[0])
+        if len(hypertokenizer) <= rows:
+            if len(hypertokenizer) > len(self.tokenizer):
+                self.tokenizer = hypertokenizer.hf
+            return
+        if self.model is not self.base:
+            raise ModelFormatError(
+                f"adapter {path} needs a vocabulary of {len(hypertokenizer)} tokens, but the "
+                f"adapters already loaded share one of {rows}",
+                hint="load adapters trained with the same hypertokens together")
+        resize_embeddings(self.base, hypertokenizer)
+        self.tokenizer = hypertokenizer.hf
 
     def _module_shapes(self) -> dict[str, tuple[int, int]]:
         import torch
