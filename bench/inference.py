@@ -45,14 +45,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
+    import torch
+
     from engine.export.gguf_lora import export_gguf_lora
     from engine.inference.base import GenerationRequest
     from engine.inference.hf import HFBackend
     from engine.inference.llamacpp import LlamaCppBackend
     from engine.models import gguf_path, hf_model_dir
     from engine.testing.lora import random_lora
-
-    import torch
 
     threads = args.threads or (os.cpu_count() or 2)
     torch.set_num_threads(threads)
