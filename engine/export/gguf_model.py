@@ -142,7 +142,8 @@ def _write(out: Path, build: Any) -> None:
             os.unlink(tmp)
 
 
-def export_gguf(model_dir: Path, out: Path, *, base_gguf: Path | None = None) -> GGUFExport:
+def export_gguf(model_dir: Path, out: Path, *, base_gguf: Path | None = None,
+                keep_quantized: bool = True) -> GGUFExport:
     """Write an HF model dir as a GGUF model.
 
     Args:
@@ -150,6 +151,9 @@ def export_gguf(model_dir: Path, out: Path, *, base_gguf: Path | None = None) ->
         out: the .gguf file to write.
         base_gguf: the GGUF the model came from; its metadata, tokenizer and untouched tensors
             are reused. Without it, everything is built from the HF dir.
+        keep_quantized: copy untouched base tensors in their quantised form (the default);
+            False writes every tensor in float32, so llama.cpp computes without quantisation
+            noise (the parity tests use it to separate export errors from Q4 rounding).
 
     Raises:
         ModelFormatError: unsupported architecture or tokenizer, or shapes that do not fit.
@@ -160,13 +164,14 @@ def export_gguf(model_dir: Path, out: Path, *, base_gguf: Path | None = None) ->
     tensors = _gguf_tensors_from_hf(model_dir, arch, config)
     tokens, special = _tokenizer_vocab(model_dir)
     if base_gguf is not None:
-        return _export_over_base(model_dir, out, Path(base_gguf), arch, tensors, tokens, special)
+        return _export_over_base(model_dir, out, Path(base_gguf), arch, tensors, tokens, special,
+                                 keep_quantized)
     return _export_fresh(model_dir, out, arch, config, tensors, tokens, special)
 
 
 def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
-                      tensors: dict[str, np.ndarray], tokens: list[str], special: list[bool]
-                      ) -> GGUFExport:
+                      tensors: dict[str, np.ndarray], tokens: list[str], special: list[bool],
+                      keep_quantized: bool) -> GGUFExport:
     import gguf
     from gguf import GGUFReader, GGUFValueType
 
@@ -198,7 +203,11 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
         new = tensors.get(tensor.name)
         if new is None:
             raise ModelFormatError(f"{model_dir} has no weight for {tensor.name} of the base")
-        plan_entry, was_rewritten = _plan_tensor(tensor, new)
+        if keep_quantized:
+            plan_entry, was_rewritten = _plan_tensor(tensor, new)
+        else:
+            plan_entry, was_rewritten = (tensor.name, np.ascontiguousarray(new, np.float32),
+                                         None), True
         plan.append(plan_entry)
         if was_rewritten:
             rewritten.append(tensor.name)
@@ -214,6 +223,9 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
             if fld.name.startswith("GGUF.") or fld.name == "general.architecture":
                 continue
             if fld.name in replaced and changed_vocab:
+                continue
+            if fld.name == "general.file_type" and not keep_quantized:
+                writer.add_file_type(gguf.LlamaFileType.ALL_F32)
                 continue
             value_type = fld.types[0]
             sub_type = fld.types[-1] if value_type == GGUFValueType.ARRAY else None

@@ -34,6 +34,8 @@ PROMPTS = [
     "What is the capital of France?",
 ]
 DOCS_PER_REGISTER = 24
+DEMO_BATCH = 2
+DEMO_SEQ_LEN = 256
 
 
 class Stages:
@@ -156,8 +158,17 @@ def _tokenizer(profile: Any, directory: Path) -> dict[str, Any]:
 
 
 def _train(profile: Any, directory: Path, max_steps: int) -> dict[str, Any]:
+    import dataclasses
+
     from engine.training import RunConfig, main
 
+    # A short run for a first look: small batches of short sequences keep a step to seconds on
+    # two CPU cores (the profile's batch 4 x 512 tokens takes about four times as long).
+    training = dataclasses.replace(
+        profile.training, batch_size=min(profile.training.batch_size, DEMO_BATCH),
+        max_seq_len=min(profile.training.max_seq_len, DEMO_SEQ_LEN),
+        eval_every=0, checkpoint_every=max(1, max_steps // 3))
+    profile = dataclasses.replace(profile, training=training)
     run_dir = directory / "run"
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
 
