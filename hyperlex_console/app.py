@@ -40,6 +40,8 @@ PALETTE = [
     ("Chat: stop the answer", "cancel streaming", "chat", "stop"),
     ("Chat: copy the last answer", "to the clipboard", "chat", "copy"),
     ("Chat: toggle A/B mode", "base and adapter side by side", "chat", "toggle_ab"),
+    ("Chat: next target", "base, routed, or an adapter from a training job", "chat",
+     "next_target"),
     ("Scenes: search the scene memory", "nearest scenes to a query", "scenes", "focus_query"),
     ("Profiles: use the highlighted profile", "the daemon unloads and reloads", "profiles",
      "use_profile"),

@@ -74,6 +74,7 @@ class ChatPane(Pane):
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+y", "copy", "Copy"),
         Binding("ctrl+t", "toggle_ab", "A/B"),
+        Binding("ctrl+o", "next_target", "Target"),
         Binding("a", "rate('a')", "A better", show=False),
         Binding("b", "rate('b')", "B better", show=False),
         Binding("equals_sign", "rate('tie')", "Tie", show=False),
@@ -304,6 +305,15 @@ class ChatPane(Pane):
         if self.last_answer:
             self.app.copy_to_clipboard(self.last_answer)
             self.app.notify(f"copied {len(self.last_answer)} characters")
+
+    def action_next_target(self) -> None:
+        """Cycle base → routed → each adapter, without leaving the input."""
+        target = self.query_one("#chat-target", Select)
+        options = ["base", "routed", *self.adapters]
+        current = str(target.value)
+        target.value = options[(options.index(current) + 1) % len(options)
+                               if current in options else 0]
+        self.note(f"chat target: [b]{target.value}[/b] (ctrl+o for the next one)")
 
     def action_toggle_ab(self) -> None:
         box = self.query_one("#chat-ab", Checkbox)
