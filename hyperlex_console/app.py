@@ -11,6 +11,7 @@ from functools import partial
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from hyperlex_console.endpoint import Endpoint
@@ -18,6 +19,7 @@ from hyperlex_console.link import DaemonLink, describe
 from hyperlex_console.messages import ConnectionChanged, EventsReceived, StatusUpdated
 from hyperlex_console.screens.main import PANES, MainScreen
 from hyperlex_console.widgets.pane import MUTATING_ACTIONS
+from hyperlex_console.widgets.status_bar import StatusBar
 
 # (title, help, pane, action): one command-palette entry per action.
 PALETTE = [
@@ -38,6 +40,8 @@ PALETTE = [
     ("Chat: stop the answer", "cancel streaming", "chat", "stop"),
     ("Chat: copy the last answer", "to the clipboard", "chat", "copy"),
     ("Chat: toggle A/B mode", "base and adapter side by side", "chat", "toggle_ab"),
+    ("Chat: next target", "base, routed, or an adapter from a training job", "chat",
+     "next_target"),
     ("Scenes: search the scene memory", "nearest scenes to a query", "scenes", "focus_query"),
     ("Profiles: use the highlighted profile", "the daemon unloads and reloads", "profiles",
      "use_profile"),
@@ -92,11 +96,21 @@ class HyperlexConsole(App):
 
     # --- link messages --------------------------------------------------------------------------
 
+    def _status_bar(self) -> StatusBar | None:
+        """The status bar, or None while the screen is not (or no longer) composed."""
+        try:
+            return self.main.status_bar
+        except (NoMatches, IndexError):
+            return None
+
     def on_connection_changed(self, message: ConnectionChanged) -> None:
-        self.main.status_bar.set_connection(message.state, message.endpoint, message.detail)
+        bar = self._status_bar()
+        if bar is None:  # a link message that arrives while the app shuts down
+            return
+        bar.set_connection(message.state, message.endpoint, message.detail)
         if message.state == "connected":
             self.profile = self.link.hello.get("profile", self.profile)
-            self.main.status_bar.profile = str(self.profile)
+            bar.profile = str(self.profile)
             if self.requested_profile and self.requested_profile != self.profile \
                     and not self.read_only:
                 self.run_worker(self._use_requested_profile(), exit_on_error=False)
@@ -114,11 +128,14 @@ class HyperlexConsole(App):
         self.notify(f"the daemon now uses profile {self.profile}")
 
     def on_events_received(self, message: EventsReceived) -> None:
-        self.main.dispatch_events(message.events)
+        if self._status_bar() is not None:
+            self.main.dispatch_events(message.events)
 
     def on_status_updated(self, message: StatusUpdated) -> None:
         self.profile = message.status.get("profile", self.profile)
-        self.main.status_bar.set_status(message.status, self._device(str(self.profile)))
+        bar = self._status_bar()
+        if bar is not None:
+            bar.set_status(message.status, self._device(str(self.profile)))
 
     def _device(self, profile: str) -> str:
         """The profile's device, read locally (remote profiles may not exist here)."""

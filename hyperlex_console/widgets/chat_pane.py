@@ -24,6 +24,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Select, Static
 
+from daemon.client import DaemonError
+from engine.errors import NotAvailableError
 from hyperlex_console.widgets.chat_message import ChatMessage
 from hyperlex_console.widgets.pane import Pane
 
@@ -72,6 +74,7 @@ class ChatPane(Pane):
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+y", "copy", "Copy"),
         Binding("ctrl+t", "toggle_ab", "A/B"),
+        Binding("ctrl+o", "next_target", "Target"),
         Binding("a", "rate('a')", "A better", show=False),
         Binding("b", "rate('b')", "B better", show=False),
         Binding("equals_sign", "rate('tie')", "Tie", show=False),
@@ -118,6 +121,19 @@ class ChatPane(Pane):
 
     @work(exclusive=True, group="chat-adapters", exit_on_error=False)
     async def _load_adapters(self) -> None:
+        try:
+            reply = await self.request("adapters")
+        except DaemonError as exc:
+            if exc.type != "UnknownType":
+                return
+            reply = None  # an older daemon: adapters are the succeeded training jobs
+        except Exception:
+            return
+        if reply is not None:
+            # "job:ID" refs: the daemon resolves them and switches adapters without reloading.
+            self.set_adapters({f"adapter: job {a['job']}" if a.get("job") else a["name"]:
+                               a.get("ref") or a["path"] for a in reply.get("known") or []})
+            return
         try:
             jobs = (await self.request("job_list", "succeeded", 200))["jobs"]
         except Exception:
@@ -176,26 +192,25 @@ class ChatPane(Pane):
             await self._mount(side, ChatMessage("user", "you", prompt))
         context = await self._rag(prompt, sides)
         if ab:
-            b_label, b_adapter = await self._resolve(target if target != "base" else
+            b_label, b_options = await self._resolve(target if target != "base" else
                                                      next(iter(self.adapters), "routed"), prompt)
-            plan = [("a", "A: base", None), ("b", f"B: {b_label}", b_adapter)]
+            plan = [("a", "A: base", {}), ("b", f"B: {b_label}", b_options)]
             self.pending_ab = {"prompt": prompt, "a": {"model": "base"},
-                               "b": {"model": b_label, "adapter": b_adapter}}
+                               "b": {"model": b_label, **b_options}}
             messages = [{"role": "user", "content": prompt}]
         else:
-            label, adapter = await self._resolve(target, prompt)
-            plan = [("a", label, adapter)]
+            label, options = await self._resolve(target, prompt)
+            plan = [("a", label, options)]
             self.history.append({"role": "user", "content": prompt})
             messages = list(self.history)
         if context:
             messages = [{"role": "system", "content": context}, *messages]
-        for side, label, adapter in plan:
+        for side, label, options in plan:
             chat_id = uuid.uuid4().hex
             message = await self._mount(side, ChatMessage("assistant", label))
             message.chat_id = chat_id  # type: ignore[attr-defined]
             message.side = side  # type: ignore[attr-defined]
             self.streams[chat_id] = message
-            options = {"adapter": adapter} if adapter else {}
             try:
                 await self.request("chat", messages=messages, chat_id=chat_id, lane="chat",
                                    **options)
@@ -204,24 +219,28 @@ class ChatPane(Pane):
                 message.finish("", error=self.explain(exc, "chat"))
         self.note("streaming… Esc stops")
 
-    async def _resolve(self, target: str, prompt: str) -> tuple[str, str | None]:
-        """(label, adapter path or None) for a target; `routed` asks the daemon's router."""
+    async def _resolve(self, target: str, prompt: str) -> tuple[str, dict[str, Any]]:
+        """(label, chat options) for a target; `routed` asks the daemon's router first."""
         if target in self.adapters:
-            return target, self.adapters[target]
+            return target, {"adapter": self.adapters[target]}
         if target != "routed":
-            return "base", None
+            return "base", {}
         try:
-            route = (await self.request("route", prompt, lane="chat"))["route"]
+            reply = await self.request("route", prompt, lane="chat")
+            route = reply["route"]
+            if route is None:  # no router trained yet: the daemon says how to train one
+                raise NotAvailableError(f"no router: {reply.get('hint')}")
         except Exception as exc:
             await self._mount("a", ChatMessage("error", "router",
                                                self.explain(exc, "routing") + "; answering "
                                                "with base"))
-            return "base (routing unavailable)", None
-        adapter = route.get("adapter_path")
-        where = route.get("adapter") or route.get("mode", "base")
-        confidence = route.get("confidence")
-        label = f"routed → {where}" + (f" ({confidence:.2f})" if confidence is not None else "")
-        return label, adapter
+            return "base (routing unavailable)", {}
+        where = route.get("register") or route.get("adapter") or route.get("mode", "base")
+        confidence = route.get("confidence", route.get("score"))
+        label = f"routed → {where}" + (f" ({confidence:.2f})" if isinstance(
+            confidence, (int, float)) else "")
+        # The daemon routes the chat itself and switches adapters without reloading the model.
+        return label, {"route": True}
 
     async def _rag(self, prompt: str, sides: list[str]) -> str | None:
         if not self.query_one("#chat-rag", Checkbox).value:
@@ -287,6 +306,15 @@ class ChatPane(Pane):
             self.app.copy_to_clipboard(self.last_answer)
             self.app.notify(f"copied {len(self.last_answer)} characters")
 
+    def action_next_target(self) -> None:
+        """Cycle base → routed → each adapter, without leaving the input."""
+        target = self.query_one("#chat-target", Select)
+        options = ["base", "routed", *self.adapters]
+        current = str(target.value)
+        target.value = options[(options.index(current) + 1) % len(options)
+                               if current in options else 0]
+        self.note(f"chat target: [b]{target.value}[/b] (ctrl+o for the next one)")
+
     def action_toggle_ab(self) -> None:
         box = self.query_one("#chat-ab", Checkbox)
         box.value = not box.value
@@ -305,10 +333,22 @@ class ChatPane(Pane):
                 "text" in self.pending_ab[s] for s in ("a", "b"))
         return super().check_action(action, parameters)
 
-    def action_rate(self, verdict: str) -> None:
-        record = dict(self.pending_ab or {}, rating=verdict, time=time.time(),
+    @work(group="chat-rate", exit_on_error=False)
+    async def action_rate(self, verdict: str) -> None:
+        pending, self.pending_ab = self.pending_ab or {}, None
+        record = dict(pending, rating=verdict, time=time.time(),
                       profile=getattr(self.app, "profile", None))
-        path = save_rating(record)
-        self.pending_ab = None
-        self.note(f"rated {verdict}: saved to {path}")
+        try:
+            # The daemon keeps the ratings next to its runs, where the evals read them.
+            reply = await self.request("ab_rating", pending.get("prompt", ""),
+                                       {side: pending.get(side) for side in ("a", "b")},
+                                       verdict)
+            where = f"the daemon's {reply.get('path')} ({reply.get('count')} ratings)"
+        except DaemonError as exc:
+            if exc.type != "UnknownType":
+                self.pending_ab = pending
+                self.note(f"[red]{self.explain(exc, 'saving the rating')}[/]")
+                return
+            where = str(save_rating(record))  # an older daemon: keep it on this machine
+        self.note(f"rated {verdict}: saved to {where}")
         self.action_focus_input()

@@ -76,7 +76,9 @@ class ProfilesPane(Pane):
         except Exception as exc:
             self.note(self.explain(exc, "listing profiles"))
             return
-        self.paths = {Path(p).stem: p for p in reply["profiles"]}
+        # Entries are {name, path}; older daemons sent bare paths.
+        self.paths = dict((entry["name"], entry["path"]) if isinstance(entry, dict)
+                          else (Path(entry).stem, entry) for entry in reply["profiles"])
         self.current = reply.get("current")
         table = self.query_one("#profiles-table", DataTable)
         selected = self.selected

@@ -50,9 +50,12 @@ class ScenesPane(Pane):
             note.update(f"[yellow]{self.explain(exc, 'scene memory search')}[/]")
             return
         self.hits = hits_of(reply)
-        hint = (reply.get("results") or {}).get("hint") if isinstance(reply.get("results"),
-                                                                        dict) else None
-        note.update(f"{len(self.hits)} scenes for '{query}'" + (f" · {hint}" if hint else ""))
+        results = reply.get("results")
+        hint = reply.get("hint") or (results.get("hint") if isinstance(results, dict) else None)
+        total = reply.get("scenes")
+        note.update(f"{len(self.hits)} scenes for '{query}'"
+                    + (f" (of {total} in memory)" if isinstance(total, int) else "")
+                    + (f" · {hint}" if hint else ""))
         for i, hit in enumerate(self.hits):
             scene = hit["scene"]
             score = hit["score"]

@@ -15,6 +15,20 @@ STATE_STYLE = {"connected": ("●", "green"), "connecting": ("◌", "yellow"),
                "reconnecting": ("◌", "red")}
 
 
+def describe_device(device: Any, fallback: str = "") -> str:
+    """`cuda:0 H200 12.3/139.0 GiB`, `cpu`, or the profile's device when the daemon is silent."""
+    if not isinstance(device, dict):
+        return fallback
+    gpus = device.get("devices") or []
+    if gpus:
+        gpu = gpus[0]
+        used = (gpu["total_bytes"] - gpu["free_bytes"]) / 2**30
+        return f"cuda:{gpu['index']} {gpu['name']} {used:.1f}/{gpu['total_bytes'] / 2**30:.1f} GiB"
+    if device.get("cuda") is False:
+        return "cpu"
+    return fallback
+
+
 class StatusBar(Static):
     """One line at the bottom of the screen."""
 
@@ -42,8 +56,13 @@ class StatusBar(Static):
         loaded = (status.get("models") or {}).get("loaded")
         self.model = f"model {loaded.rsplit('/', 1)[-1]}" if loaded else "no model loaded"
         rss = status.get("rss_mb")
+        memory = status.get("memory") or {}
+        if isinstance(memory.get("rss_bytes"), int):  # the daemon's own figure, remote too
+            jobs = sum(v for v in (memory.get("jobs_rss_bytes") or {}).values()
+                       if isinstance(v, int))
+            rss = (memory["rss_bytes"] + jobs) / 2**20
         self.memory = f"{rss:.0f} MB" if isinstance(rss, (int, float)) else ""
-        self.device = device
+        self.device = describe_device(status.get("device"), device)
 
     def render(self) -> Text:
         mark, colour = STATE_STYLE.get(self.state, ("?", "yellow"))

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
+from daemon.client import DaemonError
 from hyperlex_console.widgets.pane import Pane
 
 EDGE_CASES = [
@@ -31,6 +32,7 @@ EDGE_CASES = [
     ("control", "tab\tbell\x07end"),
 ]
 PIECE_STYLES = ["on #264f78", "on #3a3d41"]  # alternate so neighbouring pieces stay apart
+KIND_COLOURS = {"space": "#8a8a8a", "number": "#d7af5f", "punct": "#5fafd7", "word": "#ffffff"}
 
 
 def normalise(reply: dict[str, Any], text: str) -> dict[str, Any]:
@@ -55,11 +57,33 @@ def normalise(reply: dict[str, Any], text: str) -> dict[str, Any]:
         else:
             pieces.append({"id": ids[i] if i < len(ids) else None, "piece": str(item),
                            "kind": "normal"})
+    hyper_ids = set(info.get("hypertoken_ids") or [])
+    for piece in pieces:
+        if piece["kind"] == "normal":
+            piece["kind"] = piece_kind(piece["id"], piece["piece"], hyper_ids)
     decoded = info.get("decoded")
+    if decoded is None and pieces and all(p["kind"] != "id" for p in pieces):
+        # The pieces are the decoded text of each id: joined, they must give the text back.
+        decoded = "".join(p["piece"] for p in pieces)
     verdict = info.get("round_trip")
     if verdict is None and decoded is not None:
         verdict = decoded == text
     return {"pieces": pieces, "decoded": decoded, "round_trip": verdict}
+
+
+def piece_kind(token_id: Any, piece: str, hypertoken_ids: set[Any]) -> str:
+    """`hypertoken`, `byte` (`<0x..>` fallback), `space`, `number`, `punct` or `word`."""
+    if token_id in hypertoken_ids:
+        return "hypertoken"
+    if piece.startswith("<0x") and piece.endswith(">"):
+        return "byte"
+    if not piece.strip():
+        return "space"
+    if piece.strip().isdigit():
+        return "number"
+    if not any(ch.isalnum() for ch in piece):
+        return "punct"
+    return "word"
 
 
 def render_pieces(pieces: list[dict[str, Any]]) -> Text:
@@ -75,7 +99,7 @@ def render_pieces(pieces: list[dict[str, Any]]) -> Text:
         elif kind == "byte":
             style = "dim " + PIECE_STYLES[i % 2]
         else:
-            style = PIECE_STYLES[i % 2]
+            style = f"{KIND_COLOURS.get(kind, '')} {PIECE_STYLES[i % 2]}".strip()
         text.append(shown, style=style)
     return text
 
@@ -128,8 +152,11 @@ class TokenizerPane(Pane):
             return
         result = normalise(reply, text)
         pieces.update(render_pieces(result["pieces"]))
+        self.result = result
         ids = " ".join(str(p["id"]) for p in result["pieces"])
-        self.query_one("#tok-ids", Static).update(f"{len(result['pieces'])} tokens · ids {ids}")
+        hyper = sum(1 for p in result["pieces"] if p["kind"] == "hypertoken")
+        self.query_one("#tok-ids", Static).update(
+            f"{len(result['pieces'])} tokens · {hyper} hypertokens · ids {ids}")
         self.query_one("#tok-verdict", Static).update(verdict_text(result["round_trip"]))
 
     @work(exclusive=True, group="tok", exit_on_error=False)
@@ -137,6 +164,18 @@ class TokenizerPane(Pane):
         table = self.query_one("#tok-suite", DataTable)
         table.clear()
         table.display = True
+        try:
+            suite = await self.request("tokenizer_suite", lane="tokenizer")
+        except Exception as exc:
+            if not isinstance(exc, DaemonError) or exc.type != "UnknownType":
+                table.display = False
+                self.query_one("#tok-pieces", Static).update(
+                    Text(self.explain(exc, "the tokenizer edge suite"), style="yellow"))
+                return
+            suite = None  # an older daemon: run the cases through `tokenize` one by one
+        if suite is not None:
+            self.show_suite(suite)
+            return
         for name, text in EDGE_CASES:
             try:
                 result = normalise(await self.request("tokenize", text, lane="tokenizer"), text)
@@ -150,3 +189,20 @@ class TokenizerPane(Pane):
             table.add_row(name, str(len(result["pieces"])),
                           "?" if verdict is None else ("ok" if verdict else "[red]CHANGED[/]"),
                           f"[red]{hyper} (injection!)[/]" if hyper else "0")
+
+    def show_suite(self, suite: dict[str, Any]) -> None:
+        """The daemon's edge-case suite: one row a case, and the summary above the table."""
+        table = self.query_one("#tok-suite", DataTable)
+        self.suite = suite
+        for case in suite.get("cases") or []:
+            special = sum(1 for flag in case.get("special") or [] if flag)
+            verdict = case.get("round_trip")
+            table.add_row(str(case.get("name")), str(len(case.get("ids") or [])),
+                          "?" if verdict is None else ("ok" if verdict else "[red]CHANGED[/]"),
+                          f"[red]{special} (injection!)[/]" if special else "0")
+        cases = suite.get("cases") or []
+        exact = sum(1 for c in cases if c.get("round_trip"))
+        tokenizer = suite.get("tokenizer") or {}
+        self.query_one("#tok-verdict", Static).update(
+            f"edge suite on {tokenizer.get('base', suite.get('profile', '?'))}: "
+            f"{exact}/{len(cases)} round trips exact")
