@@ -66,11 +66,21 @@ def parse_adapter(spec: str, profile: Any, backend: str) -> tuple[str, str | Non
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling cut-off.")
 @click.option("--seed", type=int, default=None, help="Sampling seed.")
 @click.option("--stop", "stops", multiple=True, help="Stop string (repeatable).")
+@click.option("--route", "routed", is_flag=True,
+              help="Route each message to the adapter of its register (the profile's [router] "
+                   "adapters; train the router first with `hyperlex route --train...`).")
+@click.option("--rag", is_flag=True,
+              help="Put the k nearest scenes from the scene memory into the prompt; the answer "
+                   "lists the scene ids it was given to cite.")
+@click.option("-k", "rag_k", type=int, default=3, show_default=True, help="Scenes for --rag.")
+@click.option("--memory", "memory_dir", type=click.Path(file_okay=False), default=None,
+              help="Scene memory dir for --rag (default: the default memory).")
 @json_option
 @handles_errors
 def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
           backend: str | None, max_tokens: int | None, temperature: float | None,
-          top_p: float | None, seed: int | None, stops: tuple[str, ...], as_json: bool) -> None:
+          top_p: float | None, seed: int | None, stops: tuple[str, ...], routed: bool,
+          rag: bool, rag_k: int, memory_dir: str | None, as_json: bool) -> None:
     """Chat with the profile's model. With PROMPT, answer once; without, open a REPL.
 
     The answer streams as it is generated. With --json, one JSON object is printed at the end:
@@ -81,6 +91,7 @@ def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
       hyperlex chat --profile default "What is the capital of France?"
       hyperlex chat --adapter logic=runs/logic/adapter "Is it valid?"
       hyperlex chat --backend hf --adapter a=runs/a/adapter@0.5 --adapter b=runs/b/adapter
+      hyperlex chat --route --rag "Why does the hero return home?"
     """
     profile = load_profile(profile_name)
     settings = profile.inference
@@ -92,26 +103,94 @@ def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
         temperature=temperature if temperature is not None else settings.temperature,
         top_p=top_p if top_p is not None else settings.top_p,
         seed=seed if seed is not None else settings.seed, stop=list(stops)).validate()
+    if rag_k < 1:
+        raise ConfigError(f"-k must be at least 1, got {rag_k}")
+    router = _open_router(profile) if routed else None
+    memory = _open_memory(profile, memory_dir) if rag else None
     model = open_backend(profile, backend_name)
     try:
         for name, path, _ in adapters:
             model.load_adapter(name, path)  # type: ignore[arg-type]
+        if router is not None:
+            for register, path in profile.router.adapters.items():
+                if register not in model.adapters:
+                    model.load_adapter(register, path)  # type: ignore[arg-type]
         choice = {name: scale for name, _, scale in adapters} or None
         session = ChatSession(backend=model, settings=template, adapter=choice)
+        turn = _Turn(session, router, memory, rag_k)
         if prompt is not None:
             stream = None if as_json else _write
-            result = session.send(prompt, on_token=stream)
+            result, extra = turn.send(prompt, on_token=stream)
             if as_json:
                 emit_json({"text": result.text, "tokens": result.tokens,
                            "tokens_per_s": round(result.tokens_per_s, 2),
                            "finish_reason": result.finish_reason, "backend": model.name,
-                           "profile": profile.name, "adapters": choice or {}})
+                           "profile": profile.name, "adapters": choice or {}, **extra})
             else:
                 sys.stdout.write("\n")
+                _describe(extra)
             return
-        _repl(session)
+        _repl(session, turn)
     finally:
         model.close()
+        if memory is not None:
+            memory.close()
+
+
+def _open_router(profile: Any) -> Any:
+    """The trained router, checking that the profile maps registers to adapters."""
+    from engine.embedding import Embedder
+    from engine.routing.router import RouterConfig, load_router
+
+    if not profile.router.adapters:
+        raise ConfigError(f"--route: profile {profile.name} maps no register to an adapter",
+                          hint='add e.g. [router] adapters = { logic = "runs/logic/adapter" }')
+    return load_router(Embedder.load(spec=profile.memory.embedder),
+                       RouterConfig.from_profile(profile))
+
+
+def _open_memory(profile: Any, memory_dir: str | None) -> Any:
+    from engine.memory import MemoryConfig, SceneMemory
+
+    return SceneMemory.open(memory_dir, config=MemoryConfig.from_profile(profile))
+
+
+class _Turn:
+    """One message: routed to an adapter and given retrieved scenes, when asked."""
+
+    def __init__(self, session: ChatSession, router: Any, memory: Any, k: int):
+        self.session, self.router, self.memory, self.k = session, router, memory, k
+
+    def send(self, text: str, on_token: Any = None) -> tuple[Any, dict[str, Any]]:
+        extra: dict[str, Any] = {}
+        if self.router is not None:
+            from engine.routing.chat import target_of
+
+            decision = self.router.route(text)
+            self.session.adapter = target_of(decision)
+            extra["route"] = decision.to_dict()
+        message = text
+        if self.memory is not None:
+            from engine.memory.rag import build_context, rag_prompt
+
+            context = build_context(self.memory, text, self.k)
+            message = "".join(piece for _, piece in rag_prompt(context, text))
+            extra["cited"] = context.scene_ids
+            if not context.scene_ids:
+                extra["hint"] = "the scene memory is empty: add scenes with `hyperlex memory add`"
+        return self.session.send(message, on_token=on_token), extra
+
+
+def _describe(extra: dict[str, Any]) -> None:
+    """After a streamed answer: where it was routed and which scenes it was given."""
+    if "route" in extra:
+        decision = extra["route"]
+        stderr.print(f"[dim]routed: {decision.get('mode')} {decision.get('adapter') or ''} "
+                     f"({decision.get('register')}, {decision.get('confidence', 0):.2f})[/]")
+    if extra.get("cited"):
+        stderr.print(f"[dim]scenes given: {', '.join(extra['cited'])}[/]")
+    if extra.get("hint"):
+        stderr.print(f"[yellow]hint:[/] {extra['hint']}")
 
 
 def _write(piece: str) -> None:
@@ -119,7 +198,7 @@ def _write(piece: str) -> None:
     sys.stdout.flush()
 
 
-def _repl(session: ChatSession) -> None:
+def _repl(session: ChatSession, turn: _Turn) -> None:
     """Read prompts until EOF or /exit; Ctrl-C stops a running answer, not the REPL."""
     stderr.print("hyperlex chat: type a message. /adapter NAME|base switches adapters, "
                  "/adapters lists them, /reset clears the history, /exit or Ctrl-D quits.")
@@ -147,16 +226,16 @@ def _repl(session: ChatSession) -> None:
             continue
         if not line:
             continue
-        _answer(session, line)
+        _answer(session, turn, line)
 
 
-def _answer(session: ChatSession, line: str) -> None:
+def _answer(session: ChatSession, turn: _Turn, line: str) -> None:
     """Generate in a thread so that Ctrl-C cancels the answer cleanly between tokens."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = session.send(line, on_token=_write)
+            outcome["result"], outcome["extra"] = turn.send(line, on_token=_write)
         except HyperlexError as error:
             outcome["error"] = error
 
@@ -172,3 +251,5 @@ def _answer(session: ChatSession, line: str) -> None:
     sys.stdout.write("\n")
     if "error" in outcome:
         report_error(outcome["error"])
+    else:
+        _describe(outcome.get("extra", {}))
