@@ -22,9 +22,10 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ModelFormatError
 
 log = logging.getLogger("hyperlexd.models")
 Publish = Callable[[str, dict[str, Any]], None]
@@ -307,6 +308,7 @@ class ModelManager:
         if self._adapter_paths.get(name) == str(path):
             return
         log.info("loading adapter %s from %s", name, path)
+        _check_vocabulary(backend, Path(path))
         backend.load_adapter(name, path)
         with self._cond:
             self._adapter_paths[name] = str(path)
@@ -321,3 +323,25 @@ class ModelManager:
                                    "adapter": adapter})
         with self._cond:
             self._chats.pop(chat.chat_id, None)
+
+
+def _check_vocabulary(backend: Any, adapter_dir: Path) -> None:
+    """Refuse, with a clear message, an adapter whose tokenizer adds tokens to the base's.
+
+    Such an adapter (trained with hypertokens as new embedding rows) needs the base model's
+    embeddings resized, which an adapter switch on a shared loaded model cannot do.
+    """
+    tokenizer_file = adapter_dir / "tokenizer.json"
+    base_tokenizer = getattr(backend, "tokenizer", None)
+    if not tokenizer_file.is_file() or base_tokenizer is None:
+        return
+    from tokenizers import Tokenizer
+
+    adapter_vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+    base_vocab = len(base_tokenizer)
+    if adapter_vocab > base_vocab:
+        raise ModelFormatError(
+            f"adapter {adapter_dir} adds {adapter_vocab - base_vocab} tokens to the base "
+            f"model's {base_vocab}: it cannot be switched onto the shared loaded model",
+            hint="merge it (`hyperlex export merge --adapter DIR -o OUT`) and chat with the "
+                 "merged model, or train without new token rows (tokenizer.train_new_rows)")

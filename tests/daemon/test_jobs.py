@@ -188,6 +188,11 @@ def test_kill_9_during_tiny_training_resumes_and_loss_continues(start_daemon):
     before, steps, job = _kill9_and_resume(
         start_daemon, "train", {"max_steps": 30}, min_step=5, timeout=240,
         profile="tiny-test")
+    last_step = max(before)
+    print(f"\nkill -9 during training: loss at step 1 {before[min(before)]:.4f}, "
+          f"last before kill step {last_step} {before[last_step]:.4f}; first after resume "
+          f"step {steps[0]['step']} {steps[0]['loss']:.4f}; final step {steps[-1]['step']} "
+          f"{steps[-1]['loss']:.4f}")
     assert steps[0]["step"] > 5  # resumed after a checkpoint, not from step 1
     # The loss goes on from where it was, below the untrained start.
     assert steps[0]["loss"] < before[min(before)]
