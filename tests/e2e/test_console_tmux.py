@@ -125,11 +125,18 @@ def test_console_binary_submits_a_job_and_watches_it_succeed(tmux_console):
     assert "stopped the hyperlexd this console started" in screen
 
 
-def test_console_binary_trains_then_chats_with_the_new_adapter(tmux_console):
+def test_console_binary_trains_then_chats_with_the_new_adapter(tmux_console, hyperlex_home):
     if not module_exists("engine.training.run"):
         pytest.skip("training jobs are not in this build yet (engine.training.run is missing)")
-    console = tmux_console("--profile", "tiny-test")
-    console.wait("connected │ local (embedded) │ profile tiny-test", timeout=60)
+    # An adapter switched onto the shared chat model must keep the base vocabulary: this
+    # user profile trains without new token rows.
+    profiles = hyperlex_home / "config" / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    (profiles / "tiny-chat.toml").write_text(
+        'name = "tiny-chat"\nextends = "tiny-test"\n[tokenizer]\nhypertokens = false\n'
+        'train_new_rows = "none"\n')
+    console = tmux_console("--profile", "tiny-chat")
+    console.wait("connected │ local (embedded) │ profile tiny-chat", timeout=60)
     submit_from_form(console, "train", "max_steps=4")
     screen = console.wait("succeeded", "failed", timeout=300)
     assert "succeeded" in screen, screen
