@@ -78,10 +78,24 @@ class JobKind:
     argv: Callable[[dict[str, Any]], list[str]]
 
     def available(self) -> bool:
+        """Whether the kind's engine module is installed, without importing it.
+
+        `find_spec("engine.training.run")` imports `engine.training` (and torch with it), which
+        took over 3 s on the daemon's loop thread and stalled heartbeats; looking for the file
+        under the top-level package's directory costs a stat.
+        """
+        top, *rest = self.module.split(".")
         try:
-            return importlib.util.find_spec(self.module) is not None
+            spec = importlib.util.find_spec(top)
         except ModuleNotFoundError:
             return False
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        for root in spec.submodule_search_locations:
+            path = Path(root).joinpath(*rest)
+            if path.with_suffix(".py").is_file() or (path / "__main__.py").is_file():
+                return True
+        return False
 
     def command(self, job: dict[str, Any], python: str = sys.executable) -> list[str]:
         """The full command line for `job` (its params, profile, run dir and resume flag)."""
