@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from hyperlex_console.cli import main
@@ -49,6 +50,7 @@ def test_chat_repl_keeps_history_and_switches_adapters(tmp_path: Path) -> None:
     assert "'ghost' is not loaded" in err
 
 
+@pytest.mark.slow  # a real (tiny) training run: about 20 s on an idle machine
 def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path) -> None:
     directory = tmp_path / "demo"
     code, out, err = run("demo", "--profile", "tiny-test", "--dir", str(directory),
