@@ -64,7 +64,7 @@ class DaemonProcess:
         return self.log.read_text(errors="replace")
 
     def client(self, **kwargs) -> Client:
-        return Client(read_connection_file(self.connection_file), **{"timeout": 5.0, **kwargs})
+        return Client(read_connection_file(self.connection_file), **{"timeout": 15.0, **kwargs})
 
     def kill9(self) -> None:
         os.kill(self.pid, signal.SIGKILL)

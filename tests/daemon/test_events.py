@@ -11,6 +11,11 @@ import pytest
 
 from daemon.client import Client
 
+# Known issue: under CPU contention these real-process tests have timed out or raced
+# (a subscription not confirmed within its wait, a log line read before a restart
+# settled). Each failure is retried twice; a persistent failure still fails.
+pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+
 TRAINING_MISSING = importlib.util.find_spec("engine.training") is None
 
 
