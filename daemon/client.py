@@ -14,6 +14,7 @@ It knows nothing of the console.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from collections import deque
@@ -80,11 +81,12 @@ def _resolve(connection: ConnectionInfo | str | Path | None) -> ConnectionInfo:
     return read_connection_file(connection)
 
 
-class _Requests:
+class _Requests(abc.ABC):
     """One method per request type; `_call` is blocking or async in the subclasses."""
 
+    @abc.abstractmethod
     def _call(self, verb: str, content: dict[str, Any], timeout: float | None = None) -> Any:
-        raise NotImplementedError
+        """Send one request; `Client` waits for the reply, `AsyncClient` returns a coroutine."""
 
     def hello(self) -> Any:
         """Negotiate the protocol version; returns the daemon's version, epoch and endpoints."""
