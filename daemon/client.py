@@ -38,6 +38,8 @@ IDEMPOTENT = {"hello", "status", "profile_list", "profile_use", "job_submit", "j
               "tokenizer_suite"}
 # Requests whose first call may load a model or an index: they get this long per try.
 SLOW_TIMEOUT_S = 120.0
+# How long a new subscription waits for its sync probe before probing again (doubles up to 1 s).
+SYNC_WINDOW_S = 0.1
 
 
 class DaemonError(HyperlexError):
@@ -419,19 +421,26 @@ class EventStream:
         token = proto.new_id()
         for prefix in [*self.state.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        wanted = f"sync.{token}".encode()
         deadline = time.monotonic() + self.client.timeout
         synced = False
+        window = SYNC_WINDOW_S
         while not synced and time.monotonic() < deadline:
             try:
                 self.client.sync_probe(token)
             except (TimeoutError, DaemonError):
                 self.disconnect()
                 raise
-            while self.sock.poll(100):
-                topic = self.sock.recv_multipart()[0].decode(errors="replace")
-                if topic == f"sync.{token}":
-                    synced = True
+            # Wait a bounded window for the probe's event. Other events may keep arriving (a busy
+            # job streams every few ms): they are skipped, the snapshot below covers them, and a
+            # probe sent before the subscription was live is sent again when the window ends.
+            window_end = min(deadline, time.monotonic() + window)
+            while not synced:
+                left = window_end - time.monotonic()
+                if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                     break
+                synced = self.sock.recv_multipart()[0] == wanted
+            window = min(window * 2, 1.0)
         if not synced:
             self.disconnect()
             raise TimeoutError("no events from the daemon: cannot subscribe")
@@ -581,13 +590,20 @@ class AsyncEventStream:
         token = proto.new_id()
         for prefix in [*self.state.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        wanted = f"sync.{token}".encode()
         deadline = time.monotonic() + self.client.timeout
-        while time.monotonic() < deadline:
+        synced = False
+        window = SYNC_WINDOW_S
+        while not synced and time.monotonic() < deadline:
             await self.client.sync_probe(token)
-            if await self.sock.poll(100) and \
-                    (await self.sock.recv_multipart())[0] == f"sync.{token}".encode():
-                break
-        else:
+            window_end = min(deadline, time.monotonic() + window)
+            while not synced:  # as in EventStream.connect: a bounded wait, then probe again
+                left = window_end - time.monotonic()
+                if left <= 0 or not await self.sock.poll(int(left * 1000) + 1):
+                    break
+                synced = (await self.sock.recv_multipart())[0] == wanted
+            window = min(window * 2, 1.0)
+        if not synced:
             self.close()
             raise TimeoutError("no events from the daemon: cannot subscribe")
         await self.resync()

@@ -8,11 +8,6 @@ import pytest
 
 from daemon.client import DaemonError
 
-# Known issue: under CPU contention these real-process tests have timed out or raced
-# (a subscription not confirmed within its wait, a log line read before a restart
-# settled). Each failure is retried twice; a persistent failure still fails.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 
 def test_status_reports_memory_and_device(client):
     status = client.status()
