@@ -6,38 +6,50 @@
    already running) until its tab bar is on screen, against a minimal Textual app launched the
    same way (baseline: Textual's own start-up cost).
 2. Key-press-to-screen latency: the same binary in tmux switches tabs on `1`/`2`; the time
-   from `send-keys` until `capture-pane` shows the other tab, idle against loaded. Load: a
-   selftest job at ~1 ms a step (each progress event is a log line in the followed logs pane,
-   a loss point and a table cell) while the chat pane streams a real llama.cpp answer
-   (SmolLM2 on one thread). The rates actually reached are printed next to the ratio: on a
-   small machine the load generators compete with the console for the same cores.
+   from `send-keys` until `capture-pane` shows the other tab, idle against loaded, both in the
+   same run. The load is paced to the rates asked for, through the real daemon:
+   - 1,000 log lines/s: a selftest job stepping every 10 ms that prints 9 plain lines a step
+     (plus its step line), followed in the logs pane;
+   - 100 chat tokens/s: the chat pane streams an answer through the daemon's `openai` backend
+     from a local OpenAI-compatible server that sends one token every 10 ms. A paced server
+     stands in for the model so that the load is the rate asked for, whatever the machine: a
+     real model on a small machine competes with the console for the same cores and cannot
+     hold a steady 100 tokens/s.
+   The rates actually reached (counted by a subscriber of the same events) are printed next to
+   the ratio.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BINARY = Path(sys.executable).with_name("hyperlex-console")
 PRESSES = 40
-LOAD_JOBS = 1   # one job at ~1 ms a step; more starve a two-core machine's daemon as well
 LAUNCHES = 3
+LINE_STEP_S = 0.01     # the log load: a step every 10 ms ...
+LINES_PER_STEP = 9     # ... printing 9 lines, plus its own step line: 1,000 lines/s
+TOKEN_S = 0.01         # the chat load: a token every 10 ms, 100 tokens/s
 BENCH_PROFILE = """extends = "default"
 name = "bench-console"
-description = "default model on one thread: the console must not starve"
-[device]
-threads = 1
+description = "the console benchmark: chat from a paced local OpenAI-compatible server"
 [inference]
-max_tokens = 400
+backend = "openai"
+openai_url = "http://127.0.0.1:{port}"
+max_tokens = 6000
+n_ctx = 8192
 """
 BASELINE_APP = """
 from textual.app import App
@@ -47,6 +59,62 @@ class Hello(App):
         yield Header(); yield Static("1 Jobs  hello"); yield Footer()
 Hello().run()
 """
+
+
+class PacedChatServer:
+    """An OpenAI-compatible chat server on loopback that streams one token every `token_s`."""
+
+    def __init__(self, token_s: float = TOKEN_S):
+        pace = token_s
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _json(self, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._json({"object": "list", "data": [{"id": "paced", "object": "model"}]})
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("tokenize"):
+                    text = str(request.get("prompt") or request.get("input") or "")
+                    self._json({"tokens": list(range(len(text.split())))})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                words = "the sea rolled grey under a low sky and the boat".split()
+                next_at = time.monotonic()
+                try:
+                    for i in range(int(request.get("max_tokens", 16))):
+                        next_at += pace
+                        time.sleep(max(0.0, next_at - time.monotonic()))
+                        chunk = {"choices": [{"index": 0, "finish_reason": None,
+                                              "delta": {"content": words[i % len(words)] + " "}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client cancelled
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
 
 
 def tmux_first_frame(command: str, marker: str, timeout: float = 60.0) -> float:
@@ -112,11 +180,6 @@ def press_latencies(console: TmuxConsole, count: int) -> list[float]:
     return out
 
 
-def _step(client, job_id: int) -> int:
-    """A job's last reported step (the daemon stores progress twice a second)."""
-    return int((client.job_get(job_id)["job"].get("progress") or {}).get("step") or 0)
-
-
 def bench_latency(env_prefix: str) -> dict[str, float]:
     from daemon.client import Client
 
@@ -128,33 +191,38 @@ def bench_latency(env_prefix: str) -> dict[str, float]:
         console.tmux("send-keys", "1")
         time.sleep(1.0)
         idle = press_latencies(console, PRESSES)
-        # Load: a job at ~1 ms a step (their events are log lines, loss points, table
-        # cells) and a streaming chat typed into the chat pane.
-        with client.events("chat.") as stream:
-            for _ in range(LOAD_JOBS):
-                jobs.append(client.job_submit("selftest", {"max_steps": 10_000_000,
-                                                           "step_time": 0.001})["job"]["id"])
+        # Load: a job printing 1,000 lines/s followed in the logs pane, and a chat answer
+        # streaming 100 tokens/s in the chat pane (see the module docstring).
+        job = client.job_submit("selftest", {"max_steps": 10_000_000, "step_time": LINE_STEP_S,
+                                             "lines_per_step": LINES_PER_STEP})["job"]["id"]
+        jobs.append(job)
+        with client.events("chat.", f"job.{job}.") as stream:
             console.tmux("send-keys", "5")
             time.sleep(0.5)
             console.tmux("send-keys", "-l", "Tell a long story about the sea, in detail.")
             console.tmux("send-keys", "Enter")
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 event = stream.next(timeout=5)
                 if event is not None and event.data.get("event") == "token":
                     break
-            console.tmux("send-keys", "F1")
+            else:
+                raise TimeoutError("the chat answer never started streaming")
+            console.tmux("send-keys", "F1")  # out of the chat input; the logs pane follows the job
             time.sleep(1.0)
+            while stream.next(timeout=0.001) is not None:
+                pass
             counted = {"log": 0, "token": 0}
-            steps_before = sum(_step(client, j) for j in jobs)
             started = time.perf_counter()
             loaded = []
             for _ in range(PRESSES // 2):
                 loaded += press_latencies(console, 2)
                 while (event := stream.next(timeout=0.001)) is not None:
-                    counted["token"] += event.data.get("event") == "token"
+                    if event.data.get("event") == "token":
+                        counted["token"] += 1
+                    elif event.topic.endswith(".log") or event.data.get("event") == "step":
+                        counted["log"] += 1
             elapsed = time.perf_counter() - started
-            counted["log"] = sum(_step(client, j) for j in jobs) - steps_before
     finally:
         for job_id in jobs:
             try:
@@ -177,7 +245,9 @@ def main() -> int:
         return 1
     home = Path(tempfile.mkdtemp(prefix="hlb-"))
     (home / "config" / "profiles").mkdir(parents=True)
-    (home / "config" / "profiles" / "bench-console.toml").write_text(BENCH_PROFILE)
+    server = PacedChatServer()
+    (home / "config" / "profiles" / "bench-console.toml").write_text(
+        BENCH_PROFILE.format(port=server.port))
     os.environ["HYPERLEX_HOME"] = str(home)
     os.environ["PYTHONPATH"] = str(ROOT)
     from hyperlex_console.__main__ import stop_embedded
@@ -193,6 +263,7 @@ def main() -> int:
     finally:
         if not stop_embedded(pid):
             os.kill(pid, 15)
+        server.close()
     ratio = result["load_ms"] / result["idle_ms"]
     print(f"key-press latency (median of {PRESSES}): idle {result['idle_ms']:.1f} ms "
           f"(p95 {result['idle_p95_ms']:.1f}), under load {result['load_ms']:.1f} ms "

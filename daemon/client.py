@@ -302,15 +302,18 @@ class Client(_Base):
                            f"{attempts} tr{'y' if attempts == 1 else 'ies'} of {timeout:g} s")
 
     def events(self, *prefixes: str, liveness_s: float = 3.0,
-               rcvhwm: int = 200_000) -> EventStream:
+               rcvhwm: int = 200_000, replay: bool = True) -> EventStream:
         """A gap-free stream of the events under `prefixes`, starting with what is retained.
 
         Args:
             prefixes: topic prefixes (`job.3.`, `chat.<id>.`); none means every topic.
             liveness_s: reconnect when no heartbeat came for this long.
             rcvhwm: events buffered before ZeroMQ drops (a drop shows as a gap and resyncs).
+            replay: start with the retained events (True) or with the next new one (False:
+                for a reader that loads the current state itself, as the console does).
         """
-        return EventStream(self, list(prefixes), liveness_s=liveness_s, rcvhwm=rcvhwm)
+        return EventStream(self, list(prefixes), liveness_s=liveness_s, rcvhwm=rcvhwm,
+                           replay=replay)
 
     def wait_job(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.1) -> dict[str, Any]:
         """Block until a job reaches a final state (or `interrupted`); returns the job."""
@@ -353,8 +356,10 @@ class Client(_Base):
 class _StreamState:
     """Per-topic sequence bookkeeping shared by the blocking and async event streams."""
 
-    def __init__(self, prefixes: list[str]):
+    def __init__(self, prefixes: list[str], replay: bool = True):
         self.prefixes = prefixes or [""]
+        # False: the first snapshot only marks where the stream starts (no retained events).
+        self.replay = replay
         self.last: dict[str, int] = {}
         self.epoch: str | None = None
         self.pending: deque[Event] = deque()
@@ -376,7 +381,8 @@ class _StreamState:
                 self.truncated += 1
             for item in part["events"]:
                 if item["seq"] > self.last.get(topic, 0):
-                    self.pending.append(Event(topic, item["seq"], item["data"]))
+                    if self.replay:
+                        self.pending.append(Event(topic, item["seq"], item["data"]))
                     self.last[topic] = item["seq"]
             more = more or bool(part.get("more"))
         return more
@@ -404,9 +410,9 @@ class EventStream:
     """Blocking event stream with gap detection, snapshot resync and heartbeat liveness."""
 
     def __init__(self, client: Client, prefixes: list[str], liveness_s: float = 3.0,
-                 rcvhwm: int = 200_000):
+                 rcvhwm: int = 200_000, replay: bool = True):
         self.client = client
-        self.state = _StreamState(prefixes)
+        self.state = _StreamState(prefixes, replay)
         self.liveness_s = liveness_s
         self.rcvhwm = rcvhwm
         self.sock: zmq.Socket | None = None
@@ -459,6 +465,7 @@ class EventStream:
             while more:
                 since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
                 more = self.state.apply_snapshot(self.client.snapshot(prefix, since))
+        self.state.replay = True  # from here on a resync fills gaps
 
     def disconnect(self) -> None:
         """Drop the subscription (as a network failure would); `connect()` resumes."""
@@ -564,8 +571,10 @@ class AsyncClient(_Base):
                     self.sock = self._new_socket(self.ctx, zmq.DEALER, self.info.request)
         raise TimeoutError(f"no reply to {msg_type} after {attempts} tries of {timeout:g} s")
 
-    async def events(self, *prefixes: str, liveness_s: float = 3.0) -> AsyncEventStream:
-        stream = AsyncEventStream(self, list(prefixes), liveness_s)
+    async def events(self, *prefixes: str, liveness_s: float = 3.0,
+                     replay: bool = True) -> AsyncEventStream:
+        """The asyncio form of `Client.events` (same arguments, less `rcvhwm`)."""
+        stream = AsyncEventStream(self, list(prefixes), liveness_s, replay=replay)
         await stream.connect()
         return stream
 
@@ -578,9 +587,10 @@ class AsyncClient(_Base):
 class AsyncEventStream:
     """The asyncio form of EventStream: `await stream.next()` or `async for event in stream`."""
 
-    def __init__(self, client: AsyncClient, prefixes: list[str], liveness_s: float = 3.0):
+    def __init__(self, client: AsyncClient, prefixes: list[str], liveness_s: float = 3.0,
+                 replay: bool = True):
         self.client = client
-        self.state = _StreamState(prefixes)
+        self.state = _StreamState(prefixes, replay)
         self.liveness_s = liveness_s
         self.sock: zmq.asyncio.Socket | None = None
         self.last_heard = time.monotonic()
@@ -616,6 +626,7 @@ class AsyncEventStream:
             while more:
                 since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
                 more = self.state.apply_snapshot(await self.client.snapshot(prefix, since))
+        self.state.replay = True  # from here on a resync fills gaps
 
     async def next(self, timeout: float = 10.0) -> Event | None:
         deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,10 +258,14 @@ class JobLog:
         self.backups = backups
 
     def append(self, line: str) -> None:
+        self.append_many([line])
+
+    def append_many(self, lines: Iterable[str]) -> None:
+        """Append lines in one write (rotating first when the file is over its size)."""
         if self.path.exists() and self.path.stat().st_size > self.max_bytes:
             self._rotate()
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line.rstrip("\n") + "\n")
+            f.write("".join(line.rstrip("\n") + "\n" for line in lines))
 
     def _rotate(self) -> None:
         for i in range(self.backups - 1, 0, -1):

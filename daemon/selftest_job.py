@@ -6,6 +6,7 @@ it prints `step`, `checkpoint`, `log` and `done` JSON lines exactly as a trainin
 with temp file, fsync and rename. It knows nothing of the daemon.
 
     python -m daemon.selftest_job --run-dir DIR --max-steps 40 --progress-jsonl [--resume]
+        [--lines-per-step N]   # also N plain log lines a step
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-at", type=int, default=0)
     parser.add_argument("--ignore-sigterm", action="store_true",
                         help="keep running on SIGTERM (tests the SIGKILL escalation)")
+    parser.add_argument("--lines-per-step", type=int, default=0,
+                        help="plain log lines printed each step (a log load for benchmarks)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--progress-jsonl", action="store_true")
     args = parser.parse_args(argv)
@@ -71,18 +74,23 @@ def main(argv: list[str] | None = None) -> int:
 
     step = latest_checkpoint(run_dir) if args.resume else 0
     emit({"event": "log", "message": f"selftest starting at step {step} (resume={args.resume})"})
-    started = time.monotonic()
+    started = next_at = time.monotonic()
     while step < args.max_steps:
         if stop["requested"]:
             path = save_checkpoint(run_dir, step)
             emit({"event": "checkpoint", "step": step, "path": str(path)})
             emit({"event": "log", "message": "stopped by SIGTERM after checkpoint"})
             return 0
-        time.sleep(args.step_time)
+        next_at += args.step_time  # a steady rate: the sleep makes up for the work
+        time.sleep(max(0.0, next_at - time.monotonic()))
         step += 1
         if args.fail_at and step == args.fail_at:
             print(f"selftest failing at step {step} as asked", file=sys.stderr)
             return 3
+        if args.lines_per_step:
+            sys.stdout.write("".join(f"selftest step {step} line {i}: the quick brown fox\n"
+                                     for i in range(args.lines_per_step)))
+            sys.stdout.flush()
         elapsed = time.monotonic() - started
         emit({"event": "step", "step": step, "max_steps": args.max_steps, "loss": loss_at(step),
               "lr": 1e-3, "tokens_per_s": 100.0,

@@ -372,12 +372,23 @@ class Server:
         self._wake()
 
     def _drain_inbox(self) -> None:
+        # A job's plain output lines are published one by one but written to its log file in
+        # one go per drain (a chatty job prints thousands a second); any other item flushes
+        # them first, so the file keeps the order in which things happened.
+        lines: dict[int, list[str]] = {}
         while True:
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             kind = item[0]
+            if kind == "line":
+                self.publish(f"job.{item[1]}.log", {"line": item[2]})
+                lines.setdefault(item[1], []).append(item[2])
+                continue
+            if lines:
+                self._write_job_lines(lines)
+                lines = {}
             try:
                 if kind == "publish":
                     self.publish(item[1], item[2])
@@ -387,6 +398,18 @@ class Server:
                     self._on_job_item(kind, item[1], item[2])
             except Exception:
                 log.exception("while handling %s", kind)
+        if lines:
+            self._write_job_lines(lines)
+
+    def _write_job_lines(self, lines: dict[int, list[str]]) -> None:
+        stamp = time.strftime("%F %T")
+        for job_id, batch in lines.items():
+            proc = self.running.get(job_id)
+            try:
+                run_dir = proc.run_dir if proc is not None else self.store.get(job_id)["run_dir"]
+                JobLog(Path(run_dir)).append_many(f"{stamp} {line}" for line in batch)
+            except Exception:
+                log.exception("while writing %d log line(s) of job %s", len(batch), job_id)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -774,13 +797,14 @@ class Server:
         self._wake()
 
     def _on_job_item(self, kind: str, job_id: int, payload: Any) -> None:
+        stamp = time.strftime("%F %T")
+        proc = self.running.get(job_id)
+        if kind == "event" and proc is not None:  # the hot path: no database read per step
+            self._on_job_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp)
+            return
         job = self.store.get(job_id)
         joblog = JobLog(Path(job["run_dir"]))
-        stamp = time.strftime("%F %T")
-        if kind == "line":
-            joblog.append(f"{stamp} {payload}")
-            self.publish(f"job.{job_id}.log", {"line": payload})
-        elif kind == "event":
+        if kind == "event":
             self._on_job_event(job_id, payload, joblog, stamp)
         elif kind == "exit":
             self._on_job_exit(job, int(payload), joblog, stamp)

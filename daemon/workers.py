@@ -38,6 +38,7 @@ class JobProcess:
     def __init__(self, job_id: int, argv: list[str], run_dir: Path, post: Post):
         self.job_id = job_id
         self.post = post
+        self.run_dir = run_dir
         env = dict(os.environ)
         # Workers import the same engine as the daemon, wherever their working directory is.
         env["PYTHONPATH"] = os.pathsep.join(

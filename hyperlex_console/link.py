@@ -127,7 +127,9 @@ class DaemonLink:
         self.hello = await primary.hello()
         self.epoch = self.hello.get("epoch")
         # A huge liveness: this loop watches heartbeats itself and rebuilds everything on loss.
-        self._stream = await primary.events(*EVENT_PREFIXES, liveness_s=1e9)
+        # No replay: on (re)connect each pane loads the current state itself (job list, a job's
+        # log page, its loss history), so retained events would arrive twice.
+        self._stream = await primary.events(*EVENT_PREFIXES, liveness_s=1e9, replay=False)
         primary.timeout, primary.retries = 30.0, 1
 
     async def _pump(self) -> None:

@@ -122,3 +122,15 @@ def test_async_subscribing_while_a_job_streams_fast_always_confirms(daemon):
             client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stream_without_replay_starts_at_the_next_event(daemon):
+    with daemon.client() as client:
+        client.event_burst(5, name="replay")
+        with client.events("bench.replay", replay=False) as fresh, \
+                client.events("bench.replay") as replayed:
+            assert fresh.next(timeout=0.3) is None  # the five retained events are not replayed
+            client.event_burst(3, name="replay")
+            assert [e.seq for e in _drain(fresh, 3)] == [6, 7, 8]
+            assert fresh.next(timeout=0.3) is None
+            assert [e.seq for e in _drain(replayed, 8)] == list(range(1, 9))
