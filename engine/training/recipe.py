@@ -3,9 +3,9 @@
 One self-contained loop in the torchtune style, no Trainer hierarchy. The same file runs alone,
 under `torchrun --nproc-per-node N` (DDP) and under `accelerate launch` (DDP, or FSDP sharding
 with an FSDP config; see `engine.training.sharding`), gloo on CPU and nccl on CUDA; rank 0 alone
-writes checkpoints, logs and outputs. Every step emits an event (step, loss,
-learning rate, tokens/s, ETA) to a callback; `engine.training.run` prints them as JSON lines for
-the daemon and the CLI draws a progress bar from them.
+writes checkpoints, logs and outputs. Every step emits an event (step, loss, learning rate,
+tokens/s, ETA) to a callback; `engine.training.run` prints them as JSON lines for the daemon and
+the CLI draws a progress bar from them.
 
 Determinism, so that a resumed run matches an uninterrupted one: the data order is a pure
 function of (seed, step) — which sequences a step trains on never depends on what ran before —
