@@ -130,6 +130,9 @@ class TrainingSection:
     held_out_fraction: float = _knob(0.1, minimum=0.0, maximum=0.9)
     register_weights: dict[str, float] = _knob({})
     context_k: int = _knob(3, minimum=0)
+    # How several processes share the work: "ddp" copies the model to each, "fsdp" shards it
+    # (FSDP2); "auto" takes FSDP under `accelerate launch` with an FSDP config, else DDP.
+    strategy: str = _knob("auto", choices=("auto", "ddp", "fsdp"))
 
 
 @dataclass

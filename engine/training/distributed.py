@@ -44,6 +44,11 @@ def init(world: World, device: str) -> None:
         return
     import torch.distributed as dist
 
+    if device.startswith("cuda"):
+        import torch
+
+        # nccl and FSDP's device mesh use the current device: one GPU per process.
+        torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
                                 rank=world.rank, world_size=world.size)

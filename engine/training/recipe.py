@@ -1,10 +1,11 @@
 """The LoRA / QLoRA training recipe: `setup / train / save_checkpoint / cleanup` and `main(cfg)`.
 
 One self-contained loop in the torchtune style, no Trainer hierarchy. The same file runs alone,
-under `torchrun --nproc-per-node N` and under `accelerate launch` (DDP; gloo on CPU, nccl on
-CUDA); rank 0 alone writes checkpoints, logs and outputs. Every step emits an event (step, loss,
-learning rate, tokens/s, ETA) to a callback; `engine.training.run` prints them as JSON lines for
-the daemon and the CLI draws a progress bar from them.
+under `torchrun --nproc-per-node N` (DDP) and under `accelerate launch` (DDP, or FSDP sharding
+with an FSDP config; see `engine.training.sharding`), gloo on CPU and nccl on CUDA; rank 0 alone
+writes checkpoints, logs and outputs. Every step emits an event (step, loss, learning rate,
+tokens/s, ETA) to a callback; `engine.training.run` prints them as JSON lines for the daemon and
+the CLI draws a progress bar from them.
 
 Determinism, so that a resumed run matches an uninterrupted one: the data order is a pure
 function of (seed, step) — which sequences a step trains on never depends on what ran before —
@@ -30,7 +31,7 @@ from engine.data import TrainingData, build_training_data, collate, pack_samples
 from engine.errors import ConfigError, DataError
 from engine.paths import dirs
 from engine.training import checkpoint as ckpt
-from engine.training import distributed
+from engine.training import distributed, sharding
 from engine.training.loss import STATS_SIZE, LossModel, summarise, to_device
 from engine.training.model import Placement, build_model, resolve_device
 from engine.training.plot import write_loss_png
@@ -104,7 +105,10 @@ def fingerprint(profile: Any, mode: str, max_steps: int, processes: int) -> dict
     """What must not change between a run and its resume (everything that shapes the numbers)."""
     data = profile.to_dict()
     training = dict(data["training"])
-    for knob in ("eval_every", "early_stopping_patience", "checkpoint_every", "keep_checkpoints"):
+    # The strategy shapes no number (DDP and FSDP take the same steps) and checkpoints hold whole
+    # tensors either way, so a run may resume under the other one.
+    for knob in ("eval_every", "early_stopping_patience", "checkpoint_every", "keep_checkpoints",
+                 "strategy"):
         training.pop(knob)
     training.update(mode=mode, max_steps=max_steps)
     return {"model": data["model"], "precision": data["device"]["precision"],
@@ -194,12 +198,13 @@ class LoRARecipe:
                      f"= {section.max_seq_len} and were cut (longest: "
                      f"{self.data.stats.longest} tokens)")
 
+        self.strategy = sharding.resolve_strategy(section.strategy, self.world,
+                                                  self.placement.precision)
         self.peft_model = build_model(self.profile, self.hypertokenizer, self.placement)
-        self.loss_model: torch.nn.Module = LossModel(self.peft_model)
-        if self.world.distributed:
-            self.loss_model = torch.nn.parallel.DistributedDataParallel(
-                self.loss_model,
-                device_ids=[self.world.local_rank] if self.placement.device != "cpu" else None)
+        self.loss_model: torch.nn.Module = sharding.wrap(
+            LossModel(self.peft_model), self.strategy, self.world, self.placement.device,
+            self.peft_model.get_base_model())
+        # After wrapping: FSDP replaces each parameter by its shard (a DTensor).
         trainable = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=section.learning_rate, weight_decay=0.0)
         from transformers import get_cosine_schedule_with_warmup
@@ -223,7 +228,9 @@ class LoRARecipe:
         self.log(f"{len(self.data.train)} training samples in {len(self.train_packs)} sequences, "
                  f"{len(self.data.held_out)} held out; {self.max_steps} steps on "
                  f"{self.placement.device} ({self.placement.precision}), "
-                 f"{self.world.size} process(es); {self._trainable_summary()}")
+                 f"{self.world.size} process(es)"
+                 + (f" ({self.strategy.upper()})" if self.world.distributed else "")
+                 + f"; {self._trainable_summary()}")
 
     def _trainable_summary(self) -> str:
         trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
@@ -328,16 +335,15 @@ class LoRARecipe:
         total = torch.zeros((), dtype=torch.float64)
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
-            context = (self.loss_model.no_sync()
-                       if self.world.distributed and not last else _nullcontext())
-            with context:
+            with sharding.gradient_sync(self.loss_model, enabled=last):
                 out = self.loss_model(to_device(batch, device))
-                # DDP averages gradients over processes; scaling by the world size makes the
-                # result the gradient of (sum of token losses) / (labelled tokens in the step).
+                # DDP and FSDP both average gradients over processes; scaling by the world size
+                # makes the result the gradient of (sum of token losses) / (labelled tokens in
+                # the step), the same as one process with the whole batch.
                 (out["loss_sum"] * (self.world.size / global_labels)).backward()
             total += out["loss_sum"].detach().double().cpu()
         if self.section.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(
+            sharding.clip_grad_norm(
                 [p for p in self.peft_model.parameters() if p.requires_grad],
                 self.section.max_grad_norm)
         self.optimizer.step()
@@ -354,9 +360,23 @@ class LoRARecipe:
         self.peft_model.eval()
         stats = torch.zeros(STATS_SIZE, dtype=torch.float64)
         mine = self.eval_packs[self.world.rank::self.world.size]
-        for first in range(0, len(mine), self.micro_batch):
-            batch = collate(self.data.held_out, mine[first:first + self.micro_batch], self.pad_id)
-            stats += self._unwrapped()(to_device(batch, self.placement.device))["stats"]
+        batches = range(0, len(mine), self.micro_batch)
+        rounds = len(batches)
+        if self.strategy == "fsdp":
+            # FSDP gathers each layer's weights from every process, so every process must run
+            # as many forward passes: one with fewer held-out sequences repeats one and drops
+            # its stats. Rank 0 holds the most: ceil(sequences / processes).
+            most = -(-len(self.eval_packs) // self.world.size)
+            rounds = -(-most // self.micro_batch)
+        for round_index in range(rounds):
+            extra = round_index >= len(batches)
+            chosen = (self.eval_packs[:1] if extra else
+                      mine[batches[round_index]:batches[round_index] + self.micro_batch])
+            batch = collate(self.data.held_out, chosen, self.pad_id)
+            out = self._unwrapped()(to_device(batch, self.placement.device))["stats"]
+            if not extra:
+                stats += out
+        sharding.after_no_grad_forward(self.loss_model)
         self.peft_model.train()
         summary = summarise(distributed.sum_across(stats.tolist(), self.world))
         self.emit({"event": "eval", "step": self.step, "eval_loss": summary["loss"],
@@ -365,9 +385,7 @@ class LoRARecipe:
         return summary
 
     def _unwrapped(self) -> LossModel:
-        model = self.loss_model
-        return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
-            else model  # type: ignore[return-value]
+        return sharding.unwrapped(self.loss_model)  # type: ignore[return-value]
 
     def _after_step(self) -> None:
         section = self.section
@@ -416,23 +434,33 @@ class LoRARecipe:
             torch.cuda.set_rng_state_all(state["cuda"])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors by name (the part of the model a checkpoint must hold)."""
-        return {name: param.detach().cpu().contiguous()
-                for name, param in self.peft_model.named_parameters() if param.requires_grad}
+        """The trainable tensors by name, whole (the part of the model a checkpoint must hold).
+
+        Under FSDP every process must call this: the shards are gathered from all of them.
+        """
+        return sharding.full_tensors({name: param for name, param
+                                      in self.peft_model.named_parameters()
+                                      if param.requires_grad})
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; every rank gives its RNG).
 
-        A failed write (a full disk) is reported and training goes on: the previous checkpoint
-        is untouched, and the next one may succeed.
+        Under FSDP every rank first gives its shards of the weights and optimizer state, so the
+        checkpoint holds whole tensors, the same files as one process writes. A failed write (a
+        full disk) is reported and training goes on: the previous checkpoint is untouched, and
+        the next one may succeed.
         """
         self.checkpointed_step = self.step  # every rank, so that all agree without talking
         rng_states = distributed.gather_objects(self._rng_state(), self.world)
+        sharded = self.strategy == "fsdp"
+        weights = self.trainable_state() if sharded or self.world.is_main else {}
+        optimizer_state = (sharding.full_optimizer_state(self.optimizer) if sharded
+                           else self.optimizer.state_dict())
         if not self.world.is_main:
             return None
         from safetensors.torch import save_file
 
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "optimizer": optimizer_state,
                  "scheduler": self.scheduler.state_dict(), "rng": rng_states,
                  "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "best_eval": self.best_eval, "base_eval": self.base_eval,
@@ -440,7 +468,7 @@ class LoRARecipe:
                  "losses": self.losses}
 
         def write(directory: Path) -> None:
-            save_file(self.trainable_state(), str(directory / "trainable.safetensors"))
+            save_file(weights, str(directory / "trainable.safetensors"))
             torch.save(state, directory / "state.pt")
 
         meta = {"eval_loss": self.last_eval, "data_sha256": self.data.data_sha256,
@@ -474,9 +502,9 @@ class LoRARecipe:
         params = dict(self.peft_model.named_parameters())
         with torch.no_grad():
             for name, tensor in weights.items():
-                params[name].copy_(tensor.to(params[name].device))
+                params[name].copy_(sharding.shard_like(tensor, params[name]))
         state = torch.load(path / "state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.load_full_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         self._set_rng_state(rng[self.world.rank] if self.world.rank < len(rng) else rng[0])
@@ -499,8 +527,10 @@ class LoRARecipe:
         final_eval = self.evaluate()["loss"] if self.data.held_out else None
         self.last_eval = final_eval
         adapter_dir = self.run_dir / "adapter"
+        # Under FSDP every rank gives its shards; rank 0 alone writes.
+        weights = self.trainable_state() if self.strategy == "fsdp" else None
         if self.world.is_main:
-            self.save_adapter(adapter_dir)
+            self.save_adapter(adapter_dir, weights)
         result = RunResult(self.run_dir, adapter_dir, self._final_loss(), final_eval,
                            self.base_eval, steps=self.step, losses=self.losses)
         if self.world.is_main:
@@ -515,12 +545,20 @@ class LoRARecipe:
         tail = self.losses[-5:]
         return sum(tail) / len(tail) if tail else None
 
-    def save_adapter(self, directory: Path) -> Path:
-        """The adapter in standard PEFT format plus the hypertokenizer that goes with it."""
+    def save_adapter(self, directory: Path,
+                     weights: dict[str, torch.Tensor] | None = None) -> Path:
+        """The adapter in standard PEFT format plus the hypertokenizer that goes with it.
+
+        Args:
+            directory: where to write it.
+            weights: the whole trainable tensors by name, when this process holds only shards
+                (FSDP); None to take them from the model.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         # The resized embedding rows that matter travel in the adapter (trainable tokens or
         # modules_to_save); the base rows stay the base model's, so the adapter stays small.
-        self.peft_model.save_pretrained(directory, save_embedding_layers=False)
+        extra = {} if weights is None else {"state_dict": weights}
+        self.peft_model.save_pretrained(directory, save_embedding_layers=False, **extra)
         self.hypertokenizer.save(directory)
         return directory
 
@@ -557,14 +595,6 @@ class LoRARecipe:
             self.metrics_file.close()
             self.metrics_file = None
         distributed.shutdown(self.world)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main(cfg: RunConfig, *, handle_sigterm: bool = False, handle_sigint: bool = False

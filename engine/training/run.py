@@ -1,7 +1,7 @@
 """`python -m engine.training.run`: the training recipe as a process, for the daemon and launchers.
 
     python -m engine.training.run --profile P --run-dir DIR [--data scenes.jsonl] [--mode M]
-        [--max-steps N] [--resume] --progress-jsonl
+        [--max-steps N] [--resume] [--stop-at-step N] --progress-jsonl
 
 With `--progress-jsonl`, stdout carries only JSON objects, one a line:
 `{"event":"step",...}`, `{"event":"eval",...}`, `{"event":"checkpoint",...}`,
@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="overrides training.max_steps")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument("--stop-at-step", type=int, default=None,
+                        help="stop after this step with a checkpoint, as SIGTERM would")
     parser.add_argument("--progress-jsonl", action="store_true",
                         help="print one JSON event per line on stdout, nothing else")
     return parser.parse_args(argv)
@@ -77,7 +79,8 @@ def cli(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile)
         result = main(RunConfig(profile=profile, run_dir=args.run_dir, data=args.data,
                                 mode=args.mode, max_steps=args.max_steps, resume=args.resume,
-                                on_event=write), handle_sigterm=True)
+                                stop_at_step=args.stop_at_step, on_event=write),
+                      handle_sigterm=True)
     except HyperlexError as error:
         if rank == 0:
             write({"event": "error", **error.to_dict()})
