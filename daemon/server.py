@@ -372,9 +372,10 @@ class Server:
         self._wake()
 
     def _drain_inbox(self) -> None:
-        # A job's plain output lines are published one by one but written to its log file in
-        # one go per drain (a chatty job prints thousands a second); any other item flushes
-        # them first, so the file keeps the order in which things happened.
+        # A job's plain output lines are published and written to its log file in one go per
+        # drain: a chatty job prints thousands a second, and one event of many lines costs
+        # subscribers one message. Any other item flushes them first, so the file and the
+        # stream keep the order in which things happened.
         lines: dict[int, list[str]] = {}
         while True:
             try:
@@ -383,7 +384,6 @@ class Server:
                 break
             kind = item[0]
             if kind == "line":
-                self.publish(f"job.{item[1]}.log", {"line": item[2]})
                 lines.setdefault(item[1], []).append(item[2])
                 continue
             if lines:
@@ -404,6 +404,7 @@ class Server:
     def _write_job_lines(self, lines: dict[int, list[str]]) -> None:
         stamp = time.strftime("%F %T")
         for job_id, batch in lines.items():
+            self.publish(f"job.{job_id}.log", {"lines": batch})
             proc = self.running.get(job_id)
             try:
                 run_dir = proc.run_dir if proc is not None else self.store.get(job_id)["run_dir"]
@@ -814,7 +815,7 @@ class Server:
         name = event["event"]
         if name == "log":
             joblog.append(f"{stamp} {event.get('message', '')}")
-            self.publish(f"job.{job_id}.log", {"line": str(event.get("message", ""))})
+            self.publish(f"job.{job_id}.log", {"lines": [str(event.get("message", ""))]})
             return
         self.publish(f"job.{job_id}.progress", event)
         if name in ("step", "progress"):

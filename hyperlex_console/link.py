@@ -23,7 +23,7 @@ from hyperlex_console.endpoint import Endpoint, daemon_pid_alive, start_local_da
 from hyperlex_console.messages import ConnectionChanged, EventsReceived, StatusUpdated
 
 EVENT_PREFIXES = ("job.", "chat.", "daemon.status")
-BATCH_S = 0.05        # longest an event waits before the UI sees it
+BATCH_S = 0.1         # longest an event waits before the UI sees it
 LIVENESS_S = 3.0      # three missed heartbeats (the daemon beats every second)
 STATUS_EVERY_S = 2.0
 

@@ -53,6 +53,7 @@ class MainScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._panes = self.panes  # looked up once: events arrive many times a second
         self.call_after_refresh(self.action_show_tab, "jobs")
 
     def pane(self, name: str) -> Any:
@@ -74,6 +75,11 @@ class MainScreen(Screen):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         name = str(event.pane.id).removeprefix("tab-")
+        for other, _ in PANES:
+            pane = self.pane(other)
+            was_shown, pane.shown = pane.shown, other == name
+            if pane.shown and not was_shown:
+                pane.handle_shown()
         target = self.pane(name).query(FOCUS.get(name, "*"))
         if target and not (self.focused and self.pane(name) in self.focused.ancestors):
             target.first().focus()
@@ -86,7 +92,7 @@ class MainScreen(Screen):
     # --- routing --------------------------------------------------------------------------------
 
     def dispatch_events(self, events: list[Any]) -> None:
-        for pane in self.panes:
+        for pane in self._panes:
             pane.handle_events(events)
 
     def dispatch_connected(self) -> None:

@@ -22,11 +22,13 @@ class ChatMessage(Static):
         self.label = label
         self.text = text
         self.footer = ""
+        self.stale = False  # text arrived while hidden: `_draw` when shown
 
     def on_mount(self) -> None:
         self._draw()
 
     def _draw(self) -> None:
+        self.stale = False
         body = Text.assemble((f"{self.label}\n", ROLE_STYLE.get(self.role, "bold")),
                              (self.text or ("…" if self.role == "assistant" else ""),
                               "red" if self.role == "error" else ""))
@@ -34,9 +36,12 @@ class ChatMessage(Static):
             body.append(f"\n{self.footer}", style="dim")
         self.update(body)
 
-    def append(self, text: str) -> None:
+    def append(self, text: str, draw: bool = True) -> None:
         self.text += text
-        self._draw()
+        if draw:
+            self._draw()
+        else:
+            self.stale = True
 
     def finish(self, footer: str, error: str | None = None) -> None:
         if error:

@@ -156,13 +156,36 @@ class ChatPane(Pane):
 
     def handle_events(self, events: list[Any]) -> None:
         finished_training = False
+        tokens: dict[str, list[str]] = {}  # a batch's tokens are drawn once per answer
         for event in events:
             if event.topic.startswith("chat."):
-                self._on_chat_event(event.topic.split(".")[1], event.data)
+                chat_id = event.topic.split(".")[1]
+                if event.data.get("event") == "token":
+                    tokens.setdefault(chat_id, []).append(str(event.data.get("text", "")))
+                    continue
+                self._flush_tokens(tokens)
+                self._on_chat_event(chat_id, event.data)
             elif event.topic == "daemon.status" and event.data.get("state") == "succeeded":
                 finished_training = True
+        self._flush_tokens(tokens)
         if finished_training:
             self._load_adapters()
+
+    def _flush_tokens(self, tokens: dict[str, list[str]]) -> None:
+        for chat_id, pieces in tokens.items():
+            message = self.streams.get(chat_id)
+            if message is not None:
+                message.append("".join(pieces), draw=self.shown)
+                if self.shown:
+                    self._column(getattr(message, "side", "a")).scroll_end(animate=False)
+        tokens.clear()
+
+    def handle_shown(self) -> None:
+        for message in self.query(ChatMessage):
+            if message.stale:
+                message._draw()
+        for side in ("a", "b"):
+            self._column(side).scroll_end(animate=False)
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -263,10 +286,7 @@ class ChatPane(Pane):
         if message is None:
             return
         name = data.get("event")
-        if name == "token":
-            message.append(str(data.get("text", "")))
-            self._column(getattr(message, "side", "a")).scroll_end(animate=False)
-        elif name in ("done", "error"):
+        if name in ("done", "error"):
             self.streams.pop(chat_id, None)
             if name == "error":
                 message.finish("", error=f"{data.get('type', 'error')}: {data.get('message')}")

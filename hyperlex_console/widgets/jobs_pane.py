@@ -159,6 +159,13 @@ class JobsPane(Pane):
         if unknown:
             self.action_refresh()
         elif changed:
+            if self.shown:
+                self.redraw()
+            else:
+                self.stale = True
+
+    def handle_shown(self) -> None:
+        if self.stale:
             self.redraw()
 
     def _apply(self, job_id: int, fields: dict[str, Any]) -> bool:
@@ -175,6 +182,7 @@ class JobsPane(Pane):
 
     def redraw(self) -> None:
         """Add new rows (newest first) or update only the cells that changed."""
+        self.stale = False
         table = self.table
         order = sorted(self.jobs, reverse=True)
         if list(self._shown) != order:

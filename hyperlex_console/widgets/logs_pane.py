@@ -59,6 +59,7 @@ class LogsPane(Pane):
         self.filter_text = ""
         self.history_loaded = True
         self.received = 0
+        self.stale = False  # lines arrived while the tab was hidden: redraw when shown
 
     def compose(self):
         yield Static("", id="logs-header", classes="pane-note")
@@ -84,7 +85,12 @@ class LogsPane(Pane):
     def _matches(self, line: str) -> bool:
         return not self.filter_text or self.filter_text.lower() in line.lower()
 
+    def handle_shown(self) -> None:
+        if self.stale:
+            self._rewrite()
+
     def _rewrite(self) -> None:
+        self.stale = False
         view = self.view
         view.clear()
         view.write_lines([line for line in self.lines if self._matches(line)])
@@ -96,6 +102,9 @@ class LogsPane(Pane):
         """Add live lines: kept in the bounded buffer, shown unless paused or filtered out."""
         self.received += len(lines)
         self.lines.extend(lines)
+        if not self.shown:
+            self.stale = True
+            return
         if not self.paused:
             shown = [line for line in lines if self._matches(line)]
             if shown:
@@ -172,7 +181,7 @@ class LogsPane(Pane):
                 if not event.topic.startswith(prefix):
                     continue
                 if event.topic.endswith(".log"):
-                    lines.append(f"{stamp} {event.data.get('line', '')}")
+                    lines += [f"{stamp} {line}" for line in event.data.get("lines", ())]
                 else:
                     line = progress_line(event.data)
                     if line:

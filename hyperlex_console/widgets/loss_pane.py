@@ -41,6 +41,7 @@ class LossPane(Pane):
         # Keyed by step: history and live events overlap, and a step counts once.
         self.train: dict[float, float] = {}
         self.evals: dict[float, float] = {}
+        self.stale = False  # points arrived while the tab was hidden: redraw when shown
 
     def compose(self):
         yield Static("select a job in the Jobs pane", id="loss-summary", classes="pane-note")
@@ -101,5 +102,15 @@ class LossPane(Pane):
                 self.evals[eval_point[0]] = eval_point[1]
                 changed = True
         if changed:
-            self.plot.set_points(sorted(self.train.items()), sorted(self.evals.items()))
-            self._summary()
+            self.stale = True
+            if self.shown:
+                self._draw()
+
+    def handle_shown(self) -> None:
+        if self.stale:
+            self._draw()
+
+    def _draw(self) -> None:
+        self.stale = False
+        self.plot.set_points(sorted(self.train.items()), sorted(self.evals.items()))
+        self._summary()

@@ -1,8 +1,11 @@
 """The base of every pane: access to the daemon link, read-only checks, plain error lines.
 
 A pane gets daemon events and connection changes from the main screen by method calls
-(`handle_events`, `handle_connected`); it sends requests with `await self.request(...)`
-from its own async workers, never on the UI thread's critical path.
+(`handle_events`, `handle_connected`, `handle_shown`); it sends requests with
+`await self.request(...)` from its own async workers, never on the UI thread's critical path.
+A pane whose tab is not open keeps its data current but leaves its widgets alone (`shown` is
+False) and draws once when its tab opens: a stream of events then costs no layout or render
+work off screen.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Pane(Vertical):
     """A tab's content."""
 
     title = "pane"
+    shown = False  # set by the main screen: this pane's tab is the open one
+    stale = False  # something changed while hidden: draw it in `handle_shown`
 
     @property
     def link(self) -> DaemonLink:
@@ -44,6 +49,9 @@ class Pane(Vertical):
 
     def handle_events(self, events: list[Any]) -> None:
         """A batch of daemon events arrived."""
+
+    def handle_shown(self) -> None:
+        """The pane's tab opened: draw what changed while it was hidden."""
 
     def explain(self, exc: BaseException, what: str) -> str:
         """A line for the pane: "not available" stated plainly, other failures as failures."""

@@ -164,10 +164,15 @@ async def test_jobs_pane_submits_and_follows_a_job_to_succeeded(daemon):
             assert client.job_get(job_id)["job"]["state"] == "succeeded"
 
         # The loss pane follows the highlighted job: every step, the selftest's exact curve.
+        # Its tab is hidden: the points are kept and drawn only when the tab opens.
         jobs.table.move_cursor(row=0)
         loss = app.main.pane("loss")
-        await wait_for(pilot, lambda: len(loss.plot.train) == 12, what="12 loss points")
+        await wait_for(pilot, lambda: len(loss.train) == 12, what="12 loss points")
+        assert loss.stale and not loss.plot.train
+        app.main.action_show_tab("loss")
+        await wait_for(pilot, lambda: len(loss.plot.train) == 12, what="the plot drawn")
         assert [y for _, y in loss.plot.train] == [loss_at(s) for s in range(1, 13)]
+        app.main.action_show_tab("jobs")
 
         # Logs: `l` opens the job's log, paged from the daemon.
         await pilot.press("l")
