@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from engine.data.encode import IGNORE
+from engine.training.attention import sample_spans, use_packed_attention
 from engine.types import REGISTERS
 
 
@@ -33,10 +34,13 @@ class LossModel(torch.nn.Module):
         causal_lm = peft_model.get_base_model()
         self.decoder = getattr(causal_lm, causal_lm.base_model_prefix)
         self.head = causal_lm.get_output_embeddings()
+        self.per_sample_attention = use_packed_attention(causal_lm)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        extra = {"packed_spans": sample_spans(batch["position_ids"])} \
+            if self.per_sample_attention else {}
         hidden = self.decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                              use_cache=False).last_hidden_state
+                              use_cache=False, **extra).last_hidden_state
         targets = batch["labels"][:, 1:]
         chosen = targets != IGNORE
         logits = self.head(hidden[:, :-1][chosen]).float()

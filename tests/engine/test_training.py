@@ -101,6 +101,32 @@ def test_packed_loss_equals_unpacked_losses(make_profile, tmp_path):
         recipe.cleanup()
 
 
+def test_per_sample_attention_matches_one_masked_call_per_row(make_profile, tmp_path):
+    from engine.data import collate, pack_samples
+    from engine.training.attention import PACKED_ATTENTION, sample_spans
+
+    recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile()), run_dir=tmp_path / "r"))
+    recipe.setup()
+    try:
+        model = recipe.loss_model.eval()
+        assert model.per_sample_attention
+        assert recipe.peft_model.get_base_model().config._attn_implementation == PACKED_ATTENTION
+        samples = recipe.data.train[:8]
+        packs = pack_samples(samples, max_seq_len=4 * 160, seed=1)
+        batch = collate(samples, packs, recipe.pad_id)
+        spans = sample_spans(batch["position_ids"])
+        assert any(len(row) > 2 for row in spans)  # several samples, and padding, in a row
+        assert all(row[0][0] == 0 and row[-1][1] == batch["input_ids"].shape[1] for row in spans)
+        with torch.no_grad():
+            per_sample = model(batch)["stats"]
+            model.per_sample_attention = False  # the same model: SDPA with the packed mask
+            masked = model(batch)["stats"]
+        assert per_sample[0] == masked[0]
+        assert torch.allclose(per_sample, masked, rtol=1e-5, atol=1e-4)
+    finally:
+        recipe.cleanup()
+
+
 def test_adapter_loads_in_plain_peft_and_outputs_are_written(make_profile, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
