@@ -1,6 +1,7 @@
 """The training loss: cross-entropy on labelled tokens only, with per-kind and per-register sums.
 
-The output head runs only at positions whose next token is labelled. In `output-only` and
+The output head runs only at positions whose next token is labelled, fused with the loss
+(engine.training.head). In `output-only` and
 `context` modes most prompt tokens are masked, and the head of a 49k-vocabulary model is about a
 fifth of SmolLM2-135M's compute per token, so skipping it where no loss is taken is the largest
 saving after packing. Losses are sums, not means: the recipe divides by the number of labelled
@@ -17,6 +18,7 @@ import torch
 
 from engine.data.encode import IGNORE
 from engine.training.attention import sample_spans, use_packed_attention
+from engine.training.head import embed, linear_cross_entropy, resolve_rows
 from engine.types import REGISTERS
 
 
@@ -28,23 +30,37 @@ class LossModel(torch.nn.Module):
     then count, sum per register]`.
     """
 
-    def __init__(self, peft_model: Any):
+    def __init__(self, peft_model: Any, fused: bool = True):
         super().__init__()
         self.peft_model = peft_model
         causal_lm = peft_model.get_base_model()
         self.decoder = getattr(causal_lm, causal_lm.base_model_prefix)
         self.head = causal_lm.get_output_embeddings()
+        self.embeddings = causal_lm.get_input_embeddings()
         self.per_sample_attention = use_packed_attention(causal_lm)
+        # Head and loss in one chunked pass, trainable token rows without the merged weight
+        # (engine.training.head); False runs the modules as PEFT built them.
+        self.fused = fused
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        extra = {"packed_spans": sample_spans(batch["position_ids"])} \
+        extra: dict[str, Any] = {"packed_spans": sample_spans(batch["position_ids"])} \
             if self.per_sample_attention else {}
-        hidden = self.decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                              use_cache=False, **extra).last_hidden_state
+        embed_rows = resolve_rows(self.embeddings, torch.nn.Embedding) if self.fused else None
+        if embed_rows is not None:
+            extra["inputs_embeds"] = embed(embed_rows, batch["input_ids"])
+        else:
+            extra["input_ids"] = batch["input_ids"]
+        hidden = self.decoder(position_ids=batch["position_ids"], use_cache=False,
+                              **extra).last_hidden_state
         targets = batch["labels"][:, 1:]
         chosen = targets != IGNORE
-        logits = self.head(hidden[:, :-1][chosen]).float()
-        losses = torch.nn.functional.cross_entropy(logits, targets[chosen], reduction="none")
+        picked = hidden[:, :-1][chosen]
+        head_rows = resolve_rows(self.head, torch.nn.Linear) if self.fused else None
+        if head_rows is not None:
+            losses = linear_cross_entropy(picked, head_rows, targets[chosen])
+        else:
+            losses = torch.nn.functional.cross_entropy(self.head(picked).float(), targets[chosen],
+                                                       reduction="none")
         weights = batch["weights"][:, 1:][chosen].to(losses.device)
         loss_sum = (losses * weights).sum()
         return {"loss_sum": loss_sum,

@@ -127,6 +127,46 @@ def test_per_sample_attention_matches_one_masked_call_per_row(make_profile, tmp_
         recipe.cleanup()
 
 
+@pytest.mark.parametrize("rows", ["trainable_tokens", "modules_to_save", "none"])
+def test_fused_head_and_loss_match_the_modules_peft_built(make_profile, tmp_path, rows):
+    """Same losses and the same gradient on every trainable tensor, fused or not."""
+    from engine.data import collate, pack_samples
+    from engine.training.head import resolve_rows
+    from engine.training.loss import LossModel
+
+    profile = make_profile(tokenizer={"train_new_rows": rows})
+    recipe = LoRARecipe(RunConfig(profile=load_profile(profile), run_dir=tmp_path / "r"))
+    recipe.setup()
+    try:
+        base = recipe.peft_model.get_base_model()
+        head = resolve_rows(base.get_output_embeddings(), torch.nn.Linear)
+        embeddings = resolve_rows(base.get_input_embeddings(), torch.nn.Embedding)
+        assert head is not None and (head.deltas is not None) == (rows == "trainable_tokens")
+        if rows == "modules_to_save":
+            assert embeddings is None  # a trainable copy of the table: used as PEFT built it
+        samples = recipe.data.train[:8]
+        batch = collate(samples, pack_samples(samples, 4 * 160, seed=1), recipe.pad_id)
+        trainable = {n: p for n, p in recipe.peft_model.named_parameters() if p.requires_grad}
+        results = []
+        for fused in (True, False):
+            model = LossModel(recipe.peft_model, fused=fused)
+            recipe.peft_model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same LoRA dropout masks for both
+            out = model(batch)
+            (out["loss_sum"] * 0.01).backward()
+            results.append((out["stats"], {n: p.grad.clone() for n, p in trainable.items()
+                                           if p.grad is not None}))
+        (fused_stats, fused_grads), (plain_stats, plain_grads) = results
+        assert torch.allclose(fused_stats, plain_stats, rtol=1e-5, atol=1e-4)
+        assert fused_grads.keys() == plain_grads.keys() and fused_grads
+        if rows == "trainable_tokens":
+            assert any("trainable_tokens" in name for name in fused_grads)
+        for name, grad in fused_grads.items():
+            assert torch.allclose(grad, plain_grads[name], rtol=1e-4, atol=1e-6), name
+    finally:
+        recipe.cleanup()
+
+
 def test_adapter_loads_in_plain_peft_and_outputs_are_written(make_profile, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

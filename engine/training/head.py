@@ -1,0 +1,147 @@
+"""The output head and cross-entropy in one pass, a chunk of tokens at a time.
+
+At 49k vocabulary the head and its loss are about a third of SmolLM2-135M's training step on a
+CPU, and most of that is memory traffic: a [tokens x vocab] logits tensor written, normalised,
+read back for the loss, a zero-filled gradient of the same size, a backward softmax pass. Here
+each chunk's logits are computed, turned into losses and, when gradients are wanted, straight
+into the gradient of the loss with respect to the hidden states (softmax minus one-hot, times the
+head), so no full-size logits or gradient ever exist.
+
+The hypertoken rows PEFT trains as "trainable tokens" are handled without materialising the
+merged weight: PEFT builds `W.index_copy(rows, deltas)` for every forward, so autograd computes
+the gradient of the whole [vocab x hidden] matrix to reach a dozen rows. Here the base weight
+stays frozen and only the rows' logits and gradients are computed. The input embeddings get the
+same treatment (`embed`).
+
+The numbers are those of the unfused path (`LossModel(fused=False)`), which a test checks.
+Knows nothing of data files or recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MiB in float32)
+
+
+@dataclass
+class Rows:
+    """A frozen base weight and the trainable rows that replace some of its rows."""
+
+    weight: torch.Tensor               # [vocab, hidden], frozen
+    index: torch.Tensor | None = None  # [k] row numbers
+    deltas: torch.Tensor | None = None  # [k, hidden], trainable
+
+
+def resolve_rows(module: Any, kind: type) -> Rows | None:
+    """`Rows` for a frozen `kind` layer, bare or under PEFT trainable tokens; None otherwise.
+
+    None means "use the module as it is": a trainable head (modules_to_save), a quantised or
+    unusual layer, several active token adapters, merged ones.
+    """
+    module = getattr(module, "token_adapter", module)  # PEFT's wrapper around the token layer
+    if isinstance(module, kind):
+        weight = module.weight
+        return Rows(weight) if _plain_frozen(weight) else None
+    base = getattr(module, "base_layer", None)
+    deltas = getattr(module, "trainable_tokens_delta", None)
+    active = getattr(module, "active_adapters", None)
+    if not isinstance(base, kind) or deltas is None or not active or len(active) != 1 \
+            or getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
+        return None
+    scale = getattr(module, "_get_embed_scale", None)
+    if kind is torch.nn.Embedding and (scale is None or scale() is not None):
+        return None
+    name = active[0]
+    if name not in deltas or not _plain_frozen(base.weight):
+        return None
+    index = torch.as_tensor(module.token_indices[name], dtype=torch.long, device=base.weight.device)
+    return Rows(base.weight, index, deltas[name])
+
+
+def _plain_frozen(weight: Any) -> bool:
+    return isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point \
+        and not weight.requires_grad and type(weight) in (torch.Tensor, torch.nn.Parameter)
+
+
+def embed(rows: Rows, input_ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings: the frozen table, with trainable rows where those tokens occur."""
+    out = F.embedding(input_ids, rows.weight)
+    if rows.index is None or rows.deltas is None:
+        return out
+    lookup = torch.full((rows.weight.shape[0],), -1, dtype=torch.long, device=input_ids.device)
+    lookup[rows.index] = torch.arange(len(rows.index), device=input_ids.device)
+    slot = lookup[input_ids]
+    hit = slot >= 0
+    if not bool(hit.any()):
+        return out + 0.0 * rows.deltas.sum()  # keep the rows in the graph (DDP expects a grad)
+    return torch.where(hit.unsqueeze(-1), rows.deltas.to(out.dtype)[slot.clamp(min=0)], out)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, rows: Rows, targets: torch.Tensor
+                         ) -> torch.Tensor:
+    """Per-token cross-entropy of `hidden @ head.T` against `targets` (float32, one per row)."""
+    deltas = rows.deltas if rows.deltas is not None else hidden.new_zeros((0, hidden.shape[1]))
+    index = rows.index if rows.index is not None else torch.zeros(0, dtype=torch.long,
+                                                                  device=hidden.device)
+    return _LinearCrossEntropy.apply(hidden, deltas, rows.weight, index, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the losses and, when needed, the per-token gradients (softmax - onehot
+    through the head); backward only scales them by the incoming per-token gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, deltas: torch.Tensor, weight: torch.Tensor,
+                index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        want_hidden, want_deltas = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        count, vocab = hidden.shape[0], weight.shape[0]
+        has_rows = deltas.shape[0] > 0
+        ctx.deltas_dtype = deltas.dtype
+        rows = deltas.to(hidden.dtype)
+        losses = torch.empty(count, dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        # d(loss)/d(logit) at the trainable rows, kept to form the rows' gradient in backward.
+        row_grads = hidden.new_empty((count, deltas.shape[0]), dtype=torch.float32) \
+            if want_deltas else None
+        shift = (deltas.to(weight.dtype) - weight[index]) if has_rows and want_hidden else None
+        chunk = max(1, _CHUNK_ELEMENTS // vocab)
+        for start in range(0, count, chunk):
+            end = min(count, start + chunk)
+            h = hidden[start:end]
+            logits = (h @ weight.T).float()
+            if has_rows:
+                logits[:, index] = (h @ rows.T).float()
+            target = targets[start:end]
+            lse = torch.logsumexp(logits, dim=1)
+            losses[start:end] = lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)
+            if not (want_hidden or want_deltas):
+                continue
+            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+            probs[torch.arange(end - start, device=probs.device), target] -= 1.0
+            if want_hidden:
+                local = probs.to(weight.dtype)
+                grad = local @ weight
+                if shift is not None:
+                    grad += local[:, index] @ shift
+                grad_hidden[start:end] = grad.to(hidden.dtype)
+            if row_grads is not None:
+                row_grads[start:end] = probs[:, index]
+        ctx.save_for_backward(grad_hidden if want_hidden else None,
+                              row_grads, hidden if want_deltas else None)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[Any, ...]:
+        grad_hidden, row_grads, hidden = ctx.saved_tensors
+        scale = grad_losses.unsqueeze(1)
+        out_hidden = (grad_hidden * scale.to(grad_hidden.dtype)) if grad_hidden is not None \
+            else None
+        out_deltas = None
+        if row_grads is not None:
+            out_deltas = ((row_grads * scale).T @ hidden.float()).to(ctx.deltas_dtype)
+        return out_hidden, out_deltas, None, None, None
