@@ -147,6 +147,22 @@ def child_rss(profile_name: str, precision: str, steps: int, batch_size: int | N
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: VmHWM, which starts afresh at exec.
+
+    getrusage's ru_maxrss does not: a child forked from a large parent inherits the parent's
+    figure, so every child would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_main(profile_name: str, precision: str, steps: int, batch_size: int | None,
                max_seq_len: int | None) -> None:
     from engine.profiles import load_profile
@@ -157,7 +173,7 @@ def child_main(profile_name: str, precision: str, steps: int, batch_size: int | 
     profile.training.max_seq_len = max_seq_len or profile.training.max_seq_len
     with tempfile.TemporaryDirectory() as scratch:
         result, _ = run_hyperlex(profile, steps, Path(scratch) / "run")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"precision": precision, "peak_rss_mb": round(peak, 1),
                       "tokens_per_s": round(result["tokens_per_s"], 1),
                       "held_out_loss": round(result["held_out_loss"], 4)}))

@@ -117,9 +117,7 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
     model = load_base(profile.model.base, placement, profile.training.gradient_checkpointing)
     resize_embeddings(model, hypertokenizer)
     peft_model = get_peft_model(model, lora_config(profile, model, hypertokenizer))
+    from engine.training.dropout import use_fast_dropout
+
+    use_fast_dropout(peft_model)
     return peft_model
-
-
-def compute_dtype(model: Any) -> Any:
-    """The dtype activations flow in (the embeddings' dtype)."""
-    return model.get_input_embeddings().weight.dtype

@@ -318,3 +318,38 @@ def test_every_mode_trains(make_profile, tmp_path, mode):
     assert card["mode"] == mode and card["data"]["train_samples"] > 0
     evals = [e for e in events if e["event"] == "eval"]
     assert evals[0]["field_loss"] is not None and evals[0]["text_loss"] is not None
+
+
+def test_fast_dropout_keeps_the_distribution_and_the_gradient():
+    from engine.training.dropout import FastDropout
+
+    dropout = FastDropout(0.05)
+    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of four lanes
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.95) < 0.002  # Bernoulli(0.95): three standard deviations is 0.0007
+    values = y.detach().unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.95)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient: the same mask, the same scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # torch's generator: seeded runs repeat exactly
+    assert torch.equal(dropout.eval()(x), x)
+    with pytest.raises(ValueError):
+        FastDropout(1.0)
+
+
+def test_the_adapter_uses_fast_dropout(make_profile, tmp_path):
+    from engine.training.dropout import FastDropout
+
+    recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile(lora={"dropout": 0.1})),
+                                  run_dir=tmp_path / "r"))
+    recipe.setup()
+    try:
+        found = [m for m in recipe.peft_model.modules() if isinstance(m, FastDropout)]
+        assert found and all(m.p == 0.1 for m in found)
+        assert not any(type(m) is torch.nn.Dropout and m.p > 0
+                       for m in recipe.peft_model.modules())
+    finally:
+        recipe.cleanup()
