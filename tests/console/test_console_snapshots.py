@@ -7,6 +7,9 @@ deterministic. `pytest --snapshot-update` rewrites them after a deliberate chang
 
 from __future__ import annotations
 
+import pytest
+from textual.widgets import Input
+
 from daemon.client import Event
 from daemon.selftest_job import loss_at
 from hyperlex_console.app import HyperlexConsole
@@ -23,6 +26,13 @@ JOBS = [
     {"id": 1, "kind": "scenes", "profile": "default", "state": "failed", "progress": {},
      "error": "exit code 3"},
 ]
+
+
+@pytest.fixture(autouse=True)
+def steady_cursor(monkeypatch):
+    """A focused input's cursor blinks every half second, so a picture depended on the moment
+    it was taken (a busy machine caught the other phase). Held visible here."""
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)
 
 
 def console() -> HyperlexConsole:
