@@ -353,6 +353,21 @@ class Client(_Base):
         self.close()
 
 
+def _probe_windows(timeout: float) -> Iterator[float]:
+    """When to stop waiting for each sync probe's event, until `timeout` has passed.
+
+    A probe sent before the subscription is live is lost, so each one gets a bounded window
+    (SYNC_WINDOW_S, doubling to 1 s) and then another is sent. Other events may keep arriving
+    meanwhile (a busy job streams every few ms): they are skipped, the snapshot that follows
+    covers them.
+    """
+    deadline = time.monotonic() + timeout
+    window = SYNC_WINDOW_S
+    while time.monotonic() < deadline:
+        yield min(deadline, time.monotonic() + window)
+        window = min(window * 2, 1.0)
+
+
 class _StreamState:
     """Per-topic sequence bookkeeping shared by the blocking and async event streams."""
 
@@ -369,6 +384,16 @@ class _StreamState:
 
     def wants(self, topic: str) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
+
+    def subscribe(self, sock: Any) -> tuple[str, bytes]:
+        """Subscribe `sock` to the prefixes, heartbeats and a fresh sync topic.
+
+        Returns the sync probe's token and the topic its event arrives on.
+        """
+        token = proto.new_id()
+        for prefix in [*self.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        return token, f"sync.{token}".encode()
 
     def apply_snapshot(self, reply: dict[str, Any]) -> bool:
         """Queue a snapshot page's new events; True when the daemon has more pages."""
@@ -424,29 +449,21 @@ class EventStream:
         """Subscribe, make sure the subscription is live, then catch up from a snapshot."""
         self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events,
                                             rcvhwm=self.rcvhwm)
-        token = proto.new_id()
-        for prefix in [*self.state.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
-            self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        wanted = f"sync.{token}".encode()
-        deadline = time.monotonic() + self.client.timeout
+        token, wanted = self.state.subscribe(self.sock)
         synced = False
-        window = SYNC_WINDOW_S
-        while not synced and time.monotonic() < deadline:
+        for window_end in _probe_windows(self.client.timeout):
             try:
                 self.client.sync_probe(token)
             except (TimeoutError, DaemonError):
                 self.disconnect()
                 raise
-            # Wait a bounded window for the probe's event. Other events may keep arriving (a busy
-            # job streams every few ms): they are skipped, the snapshot below covers them, and a
-            # probe sent before the subscription was live is sent again when the window ends.
-            window_end = min(deadline, time.monotonic() + window)
             while not synced:
                 left = window_end - time.monotonic()
                 if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                     break
                 synced = self.sock.recv_multipart()[0] == wanted
-            window = min(window * 2, 1.0)
+            if synced:
+                break
         if not synced:
             self.disconnect()
             raise TimeoutError("no events from the daemon: cannot subscribe")
@@ -597,22 +614,17 @@ class AsyncEventStream:
 
     async def connect(self) -> None:
         self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events)
-        token = proto.new_id()
-        for prefix in [*self.state.prefixes, HEARTBEAT_TOPIC, f"sync.{token}"]:
-            self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        wanted = f"sync.{token}".encode()
-        deadline = time.monotonic() + self.client.timeout
+        token, wanted = self.state.subscribe(self.sock)
         synced = False
-        window = SYNC_WINDOW_S
-        while not synced and time.monotonic() < deadline:
+        for window_end in _probe_windows(self.client.timeout):
             await self.client.sync_probe(token)
-            window_end = min(deadline, time.monotonic() + window)
-            while not synced:  # as in EventStream.connect: a bounded wait, then probe again
+            while not synced:
                 left = window_end - time.monotonic()
                 if left <= 0 or not await self.sock.poll(int(left * 1000) + 1):
                     break
                 synced = (await self.sock.recv_multipart())[0] == wanted
-            window = min(window * 2, 1.0)
+            if synced:
+                break
         if not synced:
             self.close()
             raise TimeoutError("no events from the daemon: cannot subscribe")
