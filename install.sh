@@ -60,12 +60,51 @@ else
 fi
 
 step "build llama-cpp-python ($FLAVOUR; about 5 minutes the first time)"
-if "$VPY" -c 'import llama_cpp' 2>/dev/null; then
-  echo "llama-cpp-python already installed"
-else
-  if [ "$FLAVOUR" = cuda ]; then export CMAKE_ARGS="-DGGML_CUDA=on ${CMAKE_ARGS:-}"; fi
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" pip install -q "llama-cpp-python>=0.3.8" diskcache
-fi
+# llama.cpp is built for this CPU (GGML_NATIVE) but never with its AMX kernels: on some Xeons in VMs
+# the kernel reports AMX and grants the tile state, yet `tilezero` dies with SIGILL inside
+# ggml_backend_amx_mul_mat. -mno-amx-* win over -march=native whatever their order (GCC keeps
+# explicit ISA flags), so AVX2, AVX-512 and VNNI stay on. The smoke generation at the end proves
+# the build on this CPU; if it dies there, the build is redone portable (AVX2, no native flags).
+LLAMA_SPEC="llama-cpp-python>=0.3.8"
+llama_flags() {  # $1: native|portable -> sets CMAKE_ARGS, CFLAGS, CXXFLAGS for the build
+  local cmake="" cflags=""
+  [ "$FLAVOUR" = cuda ] && cmake="-DGGML_CUDA=on "
+  if [ "$1" = native ]; then
+    cmake+="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  else
+    cmake+="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  fi
+  if echo 'int main(void){return 0;}' | "${CC:-cc}" -x c -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -o /dev/null - 2>/dev/null; then
+    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
+  export CMAKE_ARGS="$cmake ${HYPERLEX_LLAMA_CMAKE_ARGS:-}" CFLAGS="$cflags" CXXFLAGS="$cflags"
+}
+llama_build_id() {  # what the wheel depends on: version spec, flags, compiler, CPU flags
+  { echo "$LLAMA_SPEC|$CMAKE_ARGS|$CFLAGS|$("${CC:-cc}" --version 2>/dev/null | head -1)"
+    grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m; } | sha256sum | cut -c1-16
+}
+build_llama() {  # $1: native|portable; builds (or reuses) the wheel for these flags and installs it
+  llama_flags "$1"
+  local id wheels stamp=".venv/.hyperlex-llama-build"
+  id="$1-$(llama_build_id)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$id" ] && "$VPY" -c 'import llama_cpp' 2>/dev/null; then
+    echo "llama-cpp-python already built ($id)"; return 0
+  fi
+  # Our own wheel cache, keyed by the flags: pip's cache keys a source build by its version only,
+  # so it would hand back a wheel built with other flags (an AMX one, say).
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/hyperlex/llama-wheels/$id"
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama.cpp: CMAKE_ARGS=$CMAKE_ARGS CFLAGS=$CFLAGS"
+    mkdir -p "$wheels.tmp"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+      pip wheel -q --no-cache-dir --no-deps -w "$wheels.tmp" "$LLAMA_SPEC"
+    rm -rf "$wheels"; mv "$wheels.tmp" "$wheels"
+  fi
+  pip uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true
+  pip install -q "$wheels"/llama_cpp_python-*.whl diskcache
+  echo "$id" > "$stamp"
+}
+build_llama native
 
 step "install hyperlex and its dependencies"
 extras=""; [ "$DEV" = 1 ] && extras="[dev]"
@@ -105,6 +144,19 @@ info = json.load(open(".venv/.hyperlex-model-info.json"))
 print(f"{info['architecture']}, {info['parameters'] / 1e6:.0f}M parameters, vocab {info['vocab_size']}; "
       f"conversion {info['conversion']['cold_seconds']} s (once), cached load {info['cached_load_seconds']} s")
 PY
+fi
+
+if [ "$MODELS" = 1 ]; then
+  step "smoke-test llama.cpp on this CPU (a short generation in a subprocess)"
+  if ! .venv/bin/hyperlex doctor --quiet; then
+    echo "install.sh: llama.cpp built for this CPU failed its smoke generation; rebuilding it portable (AVX2, no native flags)" >&2
+    build_llama portable
+    .venv/bin/hyperlex doctor --quiet || {
+      echo "install.sh: llama.cpp still fails on this CPU. CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' | grep -E '^(avx|amx|fma|f16c)' | tr '\n' ' ')" >&2
+      echo "  build flags: CMAKE_ARGS=$CMAKE_ARGS CFLAGS=$CFLAGS" >&2
+      echo "  fix: set HYPERLEX_LLAMA_CMAKE_ARGS (e.g. '-DGGML_AVX512=OFF') and run ./install.sh again; .venv/bin/hyperlex doctor shows what llama.cpp reports" >&2
+      false; }
+  fi
 fi
 
 trap - ERR

@@ -9,14 +9,18 @@ This module knows nothing of the daemon, the console or any one backend library.
 from __future__ import annotations
 
 import math
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.errors import ConfigError, HyperlexError, NotAvailableError
 
 TokenCallback = Callable[[str], None]
+# (is_special, text): special text (template scaffolding, hypertokens) may become special ids,
+# plain text never does.
+Segment = tuple[bool, str]
 # None: keep the backend's active adapters; "base" (or {}): none; a name; or name -> scale.
 AdapterChoice = str | dict[str, float] | None
 BASE = "base"
@@ -68,6 +72,11 @@ class GenerationRequest:
                     not isinstance(message.get("content"), str):
                 problems.append(f"messages[{index}] needs a role (system, user or assistant) "
                                 f"and a string content, got {message!r}")
+            segments = message.get("segments")
+            if segments is not None and not all(
+                    isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[1], str)
+                    for s in segments):
+                problems.append(f"messages[{index}].segments must be [is_special, text] pairs")
         if isinstance(self.adapter, dict):
             bad = {k: v for k, v in self.adapter.items() if not math.isfinite(v)}
             if bad:
@@ -145,6 +154,59 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the model."""
         ...
+
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def message_segments(message: dict[str, Any]) -> list[Segment]:
+    """A message's content as segments: its `segments` when given, else all plain text."""
+    segments = message.get("segments")
+    if segments is None:
+        return [(False, message["content"])]
+    return [(bool(special), str(text)) for special, text in segments]
+
+
+def template_segments(render: Callable[[list[dict[str, str]]], str],
+                      messages: Sequence[dict[str, Any]]) -> list[Segment]:
+    """Render a chat template so that message text stays plain and the scaffolding special.
+
+    The template is rendered with a placeholder for each message's content; the text around the
+    placeholders (role markers such as `<|im_start|>`) is special, each content comes back as
+    its own segments. So a user who types `<|im_end|>` or `<|scene|>` gets those characters,
+    never the control token, while a hypertoken segment of a RAG context does become its id.
+    """
+    placeholders = [{"role": m["role"], "content": f"\ue000{i}\ue001"}
+                    for i, m in enumerate(messages)]
+    rendered = render(placeholders)
+    segments: list[Segment] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(rendered):
+        segments.append((True, rendered[position:match.start()]))
+        segments.extend(message_segments(messages[int(match.group(1))]))
+        position = match.end()
+    segments.append((True, rendered[position:]))
+    merged: list[Segment] = []
+    for special, text in segments:
+        if not text:
+            continue
+        if merged and merged[-1][0] == special:
+            merged[-1] = (special, merged[-1][1] + text)
+        else:
+            merged.append((special, text))
+    return merged
+
+
+def tokenize_segments(tokenize: Callable[..., list[int]], segments: Sequence[Segment],
+                      **first: Any) -> list[int]:
+    """Token ids of segments: special ones parsed for special tokens, plain ones never.
+
+    `first` are extra keyword arguments for the first call only (e.g. `add_bos=True`).
+    """
+    ids: list[int] = []
+    for index, (special, text) in enumerate(segments):
+        ids += tokenize(text, special=special, **(first if index == 0 else {}))
+    return ids
 
 
 def normalise_choice(choice: AdapterChoice, loaded: list[str]) -> dict[str, float]:

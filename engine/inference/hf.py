@@ -29,6 +29,8 @@ from engine.inference.base import (
     TokenCallback,
     check_fits,
     normalise_choice,
+    template_segments,
+    tokenize_segments,
 )
 from engine.inference.streaming import StopScanner
 from engine.models import hf_model_dir
@@ -87,20 +89,32 @@ class HFBackend:
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def prompt_text(self, request: GenerationRequest) -> str:
-        if request.prompt is not None:
-            return request.prompt
+    def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
         messages = list(request.messages)
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if not self.tokenizer.chat_template:
             raise ModelFormatError(f"the tokenizer of {self.model_dir} has no chat template",
                                    hint="send a raw prompt instead")
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+        return messages
+
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return str(self.tokenizer.apply_chat_template(plain, tokenize=False,
                                                       add_generation_prompt=True))
 
+    def prompt_text(self, request: GenerationRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        return self._render(self._messages(request))
+
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        return self.tokenize(self.prompt_text(request), special=request.prompt is None)
+        """Token ids of the prompt. The template's own markers become special ids; message
+        text never does, except the hypertoken segments a message carries (RAG context)."""
+        if request.prompt is not None:
+            return self.tokenize(request.prompt)
+        segments = template_segments(self._render, self._messages(request))
+        return tokenize_segments(self.tokenize, segments)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids; with `special`, special-token text (as the template writes it) maps to

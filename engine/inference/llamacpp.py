@@ -34,6 +34,8 @@ from engine.inference.base import (
     TokenCallback,
     check_fits,
     normalise_choice,
+    template_segments,
+    tokenize_segments,
 )
 from engine.inference.streaming import StopScanner
 from engine.models import file_sha256, gguf_path, read_gguf_info
@@ -121,9 +123,15 @@ class LlamaCppBackend:
         return str(self._formatter(messages=self._messages(request)).prompt)
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        """Token ids of the prompt; special-token text in the template becomes special ids."""
-        return self.tokenize(self.prompt_text(request), special=request.prompt is None,
-                             add_bos=True)
+        """Token ids of the prompt. The template's own markers become special ids; message
+        text never does, except the hypertoken segments a message carries (RAG context)."""
+        if request.prompt is not None:
+            return self.tokenize(request.prompt, add_bos=True)
+        if self._formatter is None:
+            self.prompt_text(request)  # raises: no chat template
+        segments = template_segments(lambda messages: str(self._formatter(
+            messages=messages).prompt), self._messages(request))
+        return tokenize_segments(self.tokenize, segments, add_bos=True)
 
     def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
         """Token ids of `text` (`add_bos`: add BOS when the model's vocabulary asks for it)."""

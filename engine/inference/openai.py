@@ -149,7 +149,8 @@ class OpenAIBackend:
     # --- generation ----------------------------------------------------------------------------
 
     def _messages(self, request: GenerationRequest) -> list[dict[str, str]]:
-        messages = list(request.messages)
+        # A remote server tokenizes text itself: segments travel as their joined content.
+        messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return messages

@@ -37,17 +37,28 @@ def field_token(name: str) -> str:
 class RagContext:
     """Retrieved scenes as prompt segments, and the ids an answer built on them cites.
 
-    `segments` are `(is_hypertoken, text)` pairs in prompt order.
+    `scenes` holds each scene's `(is_hypertoken, text)` segments, best first.
     """
 
-    segments: list[tuple[bool, str]] = field(default_factory=list)
+    scenes: list[list[tuple[bool, str]]] = field(default_factory=list)
     scene_ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    hint: str | None = None  # why there are no scenes, when there are none
+
+    @property
+    def segments(self) -> list[tuple[bool, str]]:
+        """Every scene's segments, in prompt order."""
+        return [segment for scene in self.scenes for segment in scene]
 
     @property
     def text(self) -> str:
         """The context as one string (for display and for backends that take text)."""
         return "".join(text for _, text in self.segments)
+
+    def first(self, count: int) -> RagContext:
+        """The context with only its `count` best scenes (to fit a context window)."""
+        return RagContext(self.scenes[:count], self.scene_ids[:count], self.scores[:count],
+                          self.hint)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the text, the cited scene ids and their scores."""
@@ -90,11 +101,12 @@ def build_context(memory: SceneMemory, query: str, k: int = 3,
     exclude = set(exclude_ids)
     result = memory.search(query, k + len(exclude), filters)
     hits: list[Hit] = [hit for hit in result.hits if hit.scene_id not in exclude][:k]
-    context = RagContext()
+    context = RagContext(hint=None if hits else (result.hint or "the scene memory is empty: "
+                                                 "add scenes with `hyperlex memory add`"))
     for hit in hits:
-        context.segments += scene_segments(hit.scene)
+        context.scenes.append(scene_segments(hit.scene))
         context.scene_ids.append(hit.scene_id)
-        context.scores.append(hit.score)
+        context.scores.append(float(hit.score))
     return context
 
 

@@ -15,7 +15,14 @@ import click
 
 from engine.errors import ConfigError, HyperlexError
 from engine.inference import GenerationRequest, open_backend
-from engine.inference.session import ChatSession
+from engine.inference.turn import (
+    AdapterRef,
+    ChatTurn,
+    Conversation,
+    RagSettings,
+    Target,
+    TurnResult,
+)
 from engine.profiles import load_profile
 from hyperlex_console.cli.common import (
     emit_json,
@@ -109,28 +116,29 @@ def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
     memory = _open_memory(profile, memory_dir) if rag else None
     model = open_backend(profile, backend_name)
     try:
-        for name, path, _ in adapters:
-            model.load_adapter(name, path)  # type: ignore[arg-type]
-        if router is not None:
-            for register, path in profile.router.adapters.items():
-                if register not in model.adapters:
-                    model.load_adapter(register, path)  # type: ignore[arg-type]
-        choice = {name: scale for name, _, scale in adapters} or None
-        session = ChatSession(backend=model, settings=template, adapter=choice)
-        turn = _Turn(session, router, memory, rag_k)
+        refs = [AdapterRef(name, path, scale) for name, path, scale in adapters]
+        target = Target.routed() if router is not None else Target.of(*refs)
+        conversation = Conversation(ChatTurn(model, router=router), sampling=template,
+                                    target=target, rag=RagSettings(memory, rag_k if rag else 0))
+        for ref in refs:  # loaded up front, so a bad path fails before the first answer
+            if ref.path is None:  # a remote server's adapter, by name
+                model.load_adapter(ref.name, None)  # type: ignore[arg-type]
+            conversation.turn.adapters.ensure(ref)
         if prompt is not None:
-            stream = None if as_json else _write
-            result, extra = turn.send(prompt, on_token=stream)
+            outcome = conversation.send(prompt, on_token=None if as_json else _write)
             if as_json:
+                result = outcome.result
                 emit_json({"text": result.text, "tokens": result.tokens,
                            "tokens_per_s": round(result.tokens_per_s, 2),
                            "finish_reason": result.finish_reason, "backend": model.name,
-                           "profile": profile.name, "adapters": choice or {}, **extra})
+                           "profile": profile.name,
+                           "adapters": {r.name: r.scale for r in refs},
+                           **outcome.report()})
             else:
                 sys.stdout.write("\n")
-                _describe(extra)
+                _describe(outcome)
             return
-        _repl(session, turn)
+        _repl(conversation)
     finally:
         model.close()
         if memory is not None:
@@ -155,42 +163,19 @@ def _open_memory(profile: Any, memory_dir: str | None) -> Any:
     return SceneMemory.open(memory_dir, config=MemoryConfig.from_profile(profile))
 
 
-class _Turn:
-    """One message: routed to an adapter and given retrieved scenes, when asked."""
-
-    def __init__(self, session: ChatSession, router: Any, memory: Any, k: int):
-        self.session, self.router, self.memory, self.k = session, router, memory, k
-
-    def send(self, text: str, on_token: Any = None) -> tuple[Any, dict[str, Any]]:
-        extra: dict[str, Any] = {}
-        if self.router is not None:
-            from engine.routing.chat import target_of
-
-            decision = self.router.route(text)
-            self.session.adapter = target_of(decision)
-            extra["route"] = decision.to_dict()
-        message = text
-        if self.memory is not None:
-            from engine.memory.rag import build_context, rag_prompt
-
-            context = build_context(self.memory, text, self.k)
-            message = "".join(piece for _, piece in rag_prompt(context, text))
-            extra["cited"] = context.scene_ids
-            if not context.scene_ids:
-                extra["hint"] = "the scene memory is empty: add scenes with `hyperlex memory add`"
-        return self.session.send(message, on_token=on_token), extra
-
-
-def _describe(extra: dict[str, Any]) -> None:
-    """After a streamed answer: where it was routed and which scenes it was given."""
-    if "route" in extra:
-        decision = extra["route"]
+def _describe(outcome: TurnResult) -> None:
+    """After a streamed answer: where it was routed, which scenes it was given, what it cut."""
+    decision = outcome.route
+    if decision is not None:
         stderr.print(f"[dim]routed: {decision.get('mode')} {decision.get('adapter') or ''} "
                      f"({decision.get('register')}, {decision.get('confidence', 0):.2f})[/]")
-    if extra.get("cited"):
-        stderr.print(f"[dim]scenes given: {', '.join(extra['cited'])}[/]")
-    if extra.get("hint"):
-        stderr.print(f"[yellow]hint:[/] {extra['hint']}")
+    if outcome.cited:
+        stderr.print(f"[dim]scenes given: {', '.join(outcome.cited)}[/]")
+    if outcome.dropped_turns or outcome.dropped_scenes:
+        stderr.print(f"[dim]to fit the context: dropped {outcome.dropped_turns} oldest turn(s)"
+                     f" and {outcome.dropped_scenes} retrieved scene(s)[/]")
+    if outcome.hint:
+        stderr.print(f"[yellow]hint:[/] {outcome.hint}")
 
 
 def _write(piece: str) -> None:
@@ -198,10 +183,11 @@ def _write(piece: str) -> None:
     sys.stdout.flush()
 
 
-def _repl(session: ChatSession, turn: _Turn) -> None:
+def _repl(conversation: Conversation) -> None:
     """Read prompts until EOF or /exit; Ctrl-C stops a running answer, not the REPL."""
     stderr.print("hyperlex chat: type a message. /adapter NAME|base switches adapters, "
                  "/adapters lists them, /reset clears the history, /exit or Ctrl-D quits.")
+    backend = conversation.turn.backend
     while True:
         try:
             line = input("> ").strip()
@@ -211,31 +197,33 @@ def _repl(session: ChatSession, turn: _Turn) -> None:
         if line in ("/exit", "/quit"):
             return
         if line == "/reset":
-            session.reset()
+            conversation.reset()
             continue
         if line == "/adapters":
-            stderr.print(", ".join(session.backend.adapters) or "no adapters loaded")
+            stderr.print(", ".join(backend.adapters) or "no adapters loaded")
             continue
         if line.startswith("/adapter "):
             name = line.split(maxsplit=1)[1]
-            try:
-                session.backend.set_active(name)
-                session.adapter = name
-            except HyperlexError as error:
-                report_error(error)
+            if name == "base":
+                conversation.target = Target.base()
+            elif name in backend.adapters:
+                conversation.target = Target.of(AdapterRef(name))
+            else:
+                report_error(ConfigError(f"adapter '{name}' is not loaded",
+                                         hint=f"loaded: {', '.join(backend.adapters) or 'none'}"))
             continue
         if not line:
             continue
-        _answer(session, turn, line)
+        _answer(conversation, line)
 
 
-def _answer(session: ChatSession, turn: _Turn, line: str) -> None:
+def _answer(conversation: Conversation, line: str) -> None:
     """Generate in a thread so that Ctrl-C cancels the answer cleanly between tokens."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"], outcome["extra"] = turn.send(line, on_token=_write)
+            outcome["turn"] = conversation.send(line, on_token=_write)
         except HyperlexError as error:
             outcome["error"] = error
 
@@ -245,11 +233,11 @@ def _answer(session: ChatSession, turn: _Turn, line: str) -> None:
         while worker.is_alive():
             worker.join(0.1)
     except KeyboardInterrupt:
-        session.cancel()
+        conversation.cancel()
         worker.join()
         sys.stdout.write("\n[stopped]")
     sys.stdout.write("\n")
     if "error" in outcome:
         report_error(outcome["error"])
     else:
-        _describe(outcome.get("extra", {}))
+        _describe(outcome["turn"])

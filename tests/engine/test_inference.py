@@ -168,7 +168,7 @@ def test_json_schema_constrains_the_answer(llama_backend):
 
 
 def test_kv_cache_is_reused_across_chat_turns_and_dropped_on_adapter_switch(llama_backend):
-    from engine.inference.session import ChatSession
+    from engine.inference.turn import AdapterRef, ChatTurn, Conversation, Target
 
     evaluated: list[int] = []
     original = llama_backend.llama.eval
@@ -179,32 +179,41 @@ def test_kv_cache_is_reused_across_chat_turns_and_dropped_on_adapter_switch(llam
 
     llama_backend.llama.eval = counting_eval
     try:
-        session = ChatSession(llama_backend, GenerationRequest(max_tokens=8), adapter="base")
+        session = Conversation(ChatTurn(llama_backend), GenerationRequest(max_tokens=8))
         session.send("first turn about the river")
         evaluated.clear()
-        second = session.send("second turn")
+        second = session.send("second turn").result
         first_call = evaluated[0]
         assert first_call <= second.prompt_tokens - 10  # the first turn came from the cache
-        session.adapter = "a"
+        session.target = Target.of(AdapterRef("a"))
         evaluated.clear()
-        third = session.send("third turn")
+        third = session.send("third turn").result
         assert evaluated[0] == third.prompt_tokens  # another adapter: evaluated from scratch
     finally:
         llama_backend.llama.eval = original
 
 
-def test_chat_session_drops_oldest_turns_but_keeps_the_system_prompt(hf_backend):
-    from engine.inference.session import ChatSession
+def test_chat_turn_drops_oldest_turns_but_keeps_the_system_prompt(hf_backend, monkeypatch):
+    from engine.inference.turn import ChatTurn, Conversation
 
-    session = ChatSession(hf_backend, GenerationRequest(max_tokens=4), adapter="base",
-                          system_prompt="KEEP THIS SYSTEM PROMPT")
+    sent: list[GenerationRequest] = []
+    original = hf_backend.generate
+
+    def recording(request, on_token=None):  # type: ignore[no-untyped-def]
+        sent.append(request)
+        return original(request, on_token)
+
+    monkeypatch.setattr(hf_backend, "generate", recording)
+    session = Conversation(ChatTurn(hf_backend), GenerationRequest(max_tokens=4),
+                           system_prompt="KEEP THIS SYSTEM PROMPT")
     for turn in range(7):
         session.send(f"turn {turn}: " + "the night keeps its promise " * 8)
-    messages = session.messages()
     assert session.dropped_turns > 0
+    messages = sent[-1].messages
     assert messages[0] == {"role": "system", "content": "KEEP THIS SYSTEM PROMPT"}
     assert messages[1]["role"] == "user" and "turn 0:" not in messages[1]["content"]
-    assert len(hf_backend.prompt_tokens(GenerationRequest(messages=messages))) + 4 <= 256
+    assert messages[-1]["content"].startswith("turn 6:")
+    assert len(hf_backend.prompt_tokens(sent[-1])) + 4 <= 256
 
 
 def test_a_prompt_longer_than_the_context_is_refused(llama_backend, hf_backend):

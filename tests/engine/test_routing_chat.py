@@ -1,6 +1,7 @@
 """A routed chat over the real transformers + PEFT path: tiny model, four real LoRA adapters.
 
-Each adapter is a real PEFT LoRA with random (non-zero) weights, so each one changes the logits in
+The chat runs through the one chat turn (engine/inference/turn.py) on the hf backend. Each
+adapter is a real PEFT LoRA with random (non-zero) weights, so each one changes the logits in
 its own way; the test identifies the adapter that answered by its logits, not by a label alone.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.routing.chat import RoutedChat
+from engine.inference import GenerationRequest
+from engine.inference.hf import HFBackend
+from engine.inference.turn import ChatTurn, Conversation, Target
 from engine.routing.multi_lora import MultiLoraModel
 from engine.routing.router import Router, RouterConfig
 from tests.engine.test_routing_classifier import shared_classifier, shared_embedder
@@ -62,33 +65,39 @@ def router(adapter_dirs):
     return Router(shared_classifier(), shared_embedder(), RouterConfig(0.4, "base", adapter_dirs))
 
 
-def test_routed_chat_of_8_messages_uses_the_expected_adapter(router, tiny_dir):
-    model = MultiLoraModel.from_pretrained(tiny_dir)
-    base_logits = model.next_token_logits(PROBE)
-    chat = RoutedChat(router, model, max_tokens=4)
-    assert model.loads == 4 and set(model.adapters) == set(REGISTERS)
-
+def test_routed_chat_of_8_messages_uses_the_expected_adapter(router, tiny_dir, adapter_dirs):
+    backend = HFBackend(tiny_dir, device="cpu", n_ctx=512)
+    probe = backend.tokenize("the river remembers every stone")
+    base_logits = torch.as_tensor(backend.logits(probe))
     reference = {}
     for register in REGISTERS:
-        model.activate(register)
-        reference[register] = model.next_token_logits(PROBE)
+        backend.load_adapter(register, adapter_dirs[register])
+        backend.set_active(register)
+        reference[register] = torch.as_tensor(backend.logits(probe))
         assert not torch.allclose(reference[register], base_logits, atol=1e-4)
+    for register in REGISTERS:
+        backend.unload_adapter(register)
 
+    loads = []
+    original = backend.load_adapter
+    backend.load_adapter = lambda name, path: (loads.append(name), original(name, path))
+    chat = Conversation(ChatTurn(backend, router=router), target=Target.routed(),
+                        sampling=GenerationRequest(messages=[{"role": "user", "content": "-"}],
+                                                   max_tokens=4))
     for message, expected in CONVERSATION:
         turn = chat.send(message)
-        print(f"{expected:>9} <- {turn.decision.register} {turn.decision.confidence:.2f} "
-              f"{message}")
-        assert turn.decision.mode == "adapter", turn.decision
-        assert turn.decision.adapter == expected
-        assert turn.active == expected
-        assert model.peft_active_adapter == expected
-        ran = model.next_token_logits(PROBE)
+        decision = turn.route
+        print(f"{expected:>9} <- {decision['register']} {decision['confidence']:.2f} {message}")
+        assert decision["mode"] == "adapter", decision
+        assert decision["adapter"] == expected
+        assert turn.adapter == expected
+        ran = torch.as_tensor(backend.logits(probe))  # with what the turn left active
         assert torch.allclose(ran, reference[expected], atol=1e-5)
         for other in REGISTERS:
             if other != expected:
                 assert not torch.allclose(ran, reference[other], atol=1e-4)
-        assert isinstance(turn.answer, str)
-    assert model.loads == 4  # switching never reloaded an adapter
+        assert isinstance(turn.text, str)
+    assert sorted(loads) == sorted(REGISTERS)  # each adapter loaded once, on first use
     assert len(chat.history) == 16
 
 
