@@ -6,21 +6,25 @@ generations one at a time; waiting chats are served round-robin across client se
 client with ten queued chats does not starve one with a single chat. Tokens are handed to
 `publish(topic, data)` as they come; a cancelled chat stops at the next token.
 
-Adapters: a chat may name an adapter (resolved by the server to a name and a PEFT dir or GGUF
-LoRA) or ask to be routed. An adapter is loaded onto the loaded model once, through the backend's
-`load_adapter`, and then only activated per chat (`GenerationRequest.adapter`): switching never
-reloads the model. A chat without an adapter runs on the base model.
+Each chat is one run of engine.inference.turn's `ChatTurn`, the chat turn every front end
+shares: it routes (when asked), loads the adapter it needs once (`LoadedAdapters`; switching
+never reloads the model), retrieves scenes from the scene memory (when asked), fits the history
+into the context by dropping the oldest turns, and generates. The `start` event carries what the
+turn decided (adapter, route, cited scene ids, turns dropped); `done` repeats it with the text.
+A chat without an adapter runs on the base model.
 
-Generation goes through engine.inference's `Backend`; this module knows nothing of sockets.
+The backend, the router and the memory come from injected openers (the engine's by default), so
+the scheduler is tested with engine.testing's fake backend. Knows nothing of sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +32,10 @@ from engine.errors import ConfigError
 
 log = logging.getLogger("hyperlexd.models")
 Publish = Callable[[str, dict[str, Any]], None]
-# (profile name, prompt) -> a route decision as engine.routing's RouteDecision.to_dict()
-RouteFn = Callable[[str, str], dict[str, Any]]
+# profile name -> the profile's router (engine.routing.Router: `route(prompt)`, `config.adapters`)
+RouterFn = Callable[[str], Any]
+# (profile name, memory name) -> a scene memory to search, used as a context manager
+MemoryFn = Callable[[str, str], Any]
 
 
 class ChatCancelled(Exception):
@@ -69,17 +75,19 @@ class ModelManager:
         profile: the profile whose model chats use.
         keep_alive_s: unload after this long without a chat.
         opener: profile name -> (backend, profile); engine.inference by default.
-        router: (profile name, prompt) -> route decision dict, for chats with `route`.
+        router: profile name -> its router, for chats with `route`.
+        memory: (profile name, memory name) -> a scene memory, for chats with `rag_k`.
     """
 
     def __init__(self, publish: Publish, profile: str, keep_alive_s: float = 300.0,
                  opener: Callable[[str], tuple[Any, Any]] = open_profile_backend,
-                 router: RouteFn | None = None):
+                 router: RouterFn | None = None, memory: MemoryFn | None = None):
         self._opener = opener
         self._router = router
-        self._adapter_paths: dict[str, str] = {}  # adapters loaded on the current backend
+        self._memory = memory
+        self._adapters: Any = None  # engine LoadedAdapters of the current backend
+        self._past_adapter_loads = 0
         self._active: Any = "base"
-        self.adapter_loads = 0
         self._publish = publish
         self.profile = profile
         self.keep_alive_s = keep_alive_s
@@ -138,9 +146,17 @@ class ModelManager:
                     # Same number across chats = the same model object: adapters switched
                     # without a reload.
                     "instance": id(self._backend) if self._backend is not None else None,
-                    "adapters": [{"name": n, "path": p} for n, p in self._adapter_paths.items()],
+                    "adapters": [{"name": n, "path": p} for n, p in self._paths().items()],
                     "active_adapter": self._active if self._backend is not None else None,
                     "adapter_loads": self.adapter_loads}
+
+    def _paths(self) -> dict[str, str]:
+        return dict(self._adapters.paths) if self._adapters is not None else {}
+
+    @property
+    def adapter_loads(self) -> int:
+        """Adapter files loaded since start (switching between loaded ones loads none)."""
+        return self._past_adapter_loads + (self._adapters.loads if self._adapters else 0)
 
     def loaded_adapters(self) -> list[dict[str, Any]]:
         """The adapters loaded on the current model: `[{name, path, active}]`."""
@@ -148,7 +164,7 @@ class ModelManager:
             active = self._active
             names = set(active) if isinstance(active, dict) else {active}
             return [{"name": n, "path": p, "active": n in names}
-                    for n, p in self._adapter_paths.items()]
+                    for n, p in self._paths().items()]
 
     def stop(self) -> None:
         with self._cond:
@@ -205,9 +221,11 @@ class ModelManager:
         if self._backend is not None:
             log.info("unloading the model of profile %s", self._loaded_name)
             self._backend.close()
+        if self._adapters is not None:
+            self._past_adapter_loads += self._adapters.loads
         self._backend = None
         self._loaded_name = None
-        self._adapter_paths = {}
+        self._adapters = None
         self._active = "base"
         self._unload_requested = False
 
@@ -216,17 +234,22 @@ class ModelManager:
         if self._backend is None or self._loaded_name != profile_name:
             self._unload()
             log.info("loading the model of profile %s", profile_name)
+            from engine.inference.turn import LoadedAdapters
+
             self._backend, self._backend_profile = self._opener(profile_name)
+            self._adapters = LoadedAdapters(self._backend)
             self._loaded_name = profile_name
             self.loads += 1
         return self._backend, self._backend_profile
 
     def _generate(self, chat: Chat, profile_name: str) -> None:
         from engine.inference.base import GenerationRequest
+        from engine.inference.turn import ChatTurn
 
         chat.state = "running"
         pieces: list[str] = []
         started = time.monotonic()
+        report: dict[str, Any] = {}
 
         def on_token(text: str) -> None:
             if chat.cancelled.is_set():
@@ -234,90 +257,88 @@ class ModelManager:
             self._publish(chat.topic, {"event": "token", "index": len(pieces), "text": text})
             pieces.append(text)
 
-        try:
-            backend, profile = self._load(profile_name)
-            choice, route = self._adapter_choice(chat, backend, profile, profile_name)
-            inference = profile.inference
-            request = GenerationRequest(
-                messages=list(chat.messages),
-                max_tokens=int(chat.options.get("max_tokens") or inference.max_tokens),
-                temperature=float(chat.options.get("temperature", inference.temperature)),
-                top_p=float(chat.options.get("top_p", inference.top_p)),
-                seed=int(chat.options.get("seed", inference.seed)),
-                adapter=choice).validate()
+        def on_start(decided: dict[str, Any]) -> None:
+            nonlocal started
+            report.update(decided)
             with self._cond:
-                self._active = choice
+                self._active = decided["adapter"]
             self._publish(chat.topic, {"event": "start", "chat_id": chat.chat_id,
-                                       "profile": profile_name, "adapter": choice,
-                                       "route": route})
+                                       "profile": profile_name, **decided})
             started = time.monotonic()
             if chat.cancelled.is_set():
                 raise ChatCancelled
-            result = backend.generate(request, on_token)
+
+        try:
+            backend, profile = self._load(profile_name)
+            inference = profile.inference
+            sampling = GenerationRequest(
+                max_tokens=int(chat.options.get("max_tokens") or inference.max_tokens),
+                temperature=float(chat.options.get("temperature", inference.temperature)),
+                top_p=float(chat.options.get("top_p", inference.top_p)),
+                seed=int(chat.options.get("seed", inference.seed)))
+            router = self._router_for(chat, profile_name)
+            history, message = chat.messages[:-1], chat.messages[-1]["content"]
+            with self._rag_for(chat, profile_name) as rag:
+                outcome = ChatTurn(backend, self._adapters, router).run(
+                    history, message, target=self._target(chat), rag=rag, sampling=sampling,
+                    on_token=on_token, cancel=chat.cancelled, on_start=on_start)
+            result = outcome.result
+            if result.finish_reason == "cancelled":
+                raise ChatCancelled
             self._finish(chat, result.finish_reason, len(pieces), "".join(pieces),
-                         time.monotonic() - started, adapter=choice)
+                         time.monotonic() - started, **outcome.report())
         except ChatCancelled:
             self._finish(chat, "cancelled", len(pieces), "".join(pieces),
-                         time.monotonic() - started)
+                         time.monotonic() - started, **report)
         except Exception as exc:  # the daemon reports every failure as an event, never dies
             log.exception("chat %s failed", chat.chat_id)
             self._publish(chat.topic, {"event": "error", "type": type(exc).__name__,
-                                       "message": getattr(exc, "message", str(exc))})
+                                       "message": getattr(exc, "message", str(exc)),
+                                       **({"hint": exc.hint} if getattr(exc, "hint", None)
+                                          else {})})
             self._finish(chat, "error", len(pieces), "".join(pieces), time.monotonic() - started)
         finally:
             self._last_used = time.monotonic()
 
-    def _adapter_choice(self, chat: Chat, backend: Any, profile: Any, profile_name: str
-                        ) -> tuple[Any, dict[str, Any] | None]:
-        """The adapter choice for this chat, loading adapters it needs that are not loaded yet.
+    @staticmethod
+    def _target(chat: Chat) -> Any:
+        """The turn's target: routed, the chat's adapter, or the base model."""
+        from engine.inference.turn import AdapterRef, Target
 
-        Returns:
-            (choice for GenerationRequest.adapter: "base", a name or name -> weight; the route
-            decision when the chat was routed, else None).
-        """
         if chat.options.get("route"):
-            if self._router is None:
-                raise ConfigError("this daemon has no router")
-            prompt = next((m["content"] for m in reversed(chat.messages)
-                           if m["role"] == "user"), chat.messages[-1]["content"])
-            decision = self._router(profile_name, prompt)
-            paths = dict(profile.router.adapters)
-            if decision["mode"] == "adapter":
-                self._ensure_adapter(backend, decision["adapter"], decision["adapter_path"])
-                return decision["adapter"], decision
-            if decision["mode"] == "mix":
-                for register in decision["weights"]:
-                    self._ensure_adapter(backend, register, paths[register])
-                return dict(decision["weights"]), decision
-            return "base", decision
+            return Target.routed()
         spec = chat.options.get("adapter")
         if not spec:
-            return "base", None
-        name, path = spec["name"], spec.get("path")
-        if path:
-            self._ensure_adapter(backend, name, path)
-        elif name not in self._adapter_paths and name not in getattr(backend, "adapters", []):
-            raise ConfigError(f"adapter '{name}' is not loaded",
-                              hint="name a PEFT adapter dir, job:ID of a finished train job, "
-                                   "or one of the `adapters` request's names")
-        return name, None
+            return Target.base()
+        return Target.of(AdapterRef(spec["name"], spec.get("path")))
 
-    def _ensure_adapter(self, backend: Any, name: str, path: str) -> None:
-        """Load `path` under `name` onto the loaded model, once."""
-        if self._adapter_paths.get(name) == str(path):
+    def _router_for(self, chat: Chat, profile_name: str) -> Any:
+        if not chat.options.get("route"):
+            return None
+        if self._router is None:
+            raise ConfigError("this daemon has no router")
+        return self._router(profile_name)
+
+    @contextlib.contextmanager
+    def _rag_for(self, chat: Chat, profile_name: str) -> Iterator[Any]:
+        """The turn's RAG settings: the named scene memory, open for the turn, when asked."""
+        from engine.inference.turn import RagSettings
+
+        k = int(chat.options.get("rag_k") or 0)
+        if k <= 0:
+            yield RagSettings()
             return
-        log.info("loading adapter %s from %s", name, path)
-        backend.load_adapter(name, path)
-        with self._cond:
-            self._adapter_paths[name] = str(path)
-            self.adapter_loads += 1
+        if self._memory is None:
+            raise ConfigError("this daemon has no scene memory for RAG")
+        with self._memory(profile_name, str(chat.options.get("memory") or "default")) as memory:
+            yield RagSettings(memory, k)
 
     def _finish(self, chat: Chat, reason: str, n_tokens: int, text: str, elapsed: float,
-                adapter: Any = None) -> None:
+                **report: Any) -> None:
         chat.state = "cancelled" if reason == "cancelled" else "done"
         self._publish(chat.topic, {"event": "done", "reason": reason, "n_tokens": n_tokens,
                                    "text": text, "elapsed_s": round(elapsed, 4),
                                    "tokens_per_s": round(n_tokens / elapsed, 2) if elapsed else 0,
-                                   "adapter": adapter})
+                                   "adapter": report.pop("adapter", None), **report})
         with self._cond:
             self._chats.pop(chat.chat_id, None)

@@ -187,8 +187,9 @@ class Server:
         self._refresh_job_counts()
         self.models = ModelManager(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s,
-                                   router=lambda profile, prompt:
-                                   services.router(profile).route(prompt).to_dict())
+                                   router=services.router,
+                                   memory=lambda profile, name:
+                                   services.open_memory(profile, self.dirs.state, name))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -614,6 +615,16 @@ class Server:
             _arg(options, key, int)
         for key in ("temperature", "top_p"):
             _arg(options, key, (int, float))
+        rag_k = _arg(content, "rag_k", int, default=0)
+        if not 0 <= rag_k <= 20:
+            raise BadRequest("field 'rag_k' is the number of scenes to retrieve, 0 to 20")
+        if rag_k:
+            options["rag_k"] = rag_k
+            memory = _arg(content, "memory", str, default="default")
+            if not PARAM_NAME.fullmatch(memory):
+                raise BadRequest("field 'memory' names a memory under the state dir "
+                                 "(lower_snake)")
+            options["memory"] = memory
         adapter = _arg(content, "adapter", str)
         if _arg(content, "route", bool, default=False):
             if adapter and adapter != "base":

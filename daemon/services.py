@@ -73,21 +73,29 @@ def memory_search(profile_name: str, state: Path, query: str, k: int = 5,
         `{"hits": [{"scene_id", "score", "scene"}], "hint": str|None, "memory": path,
         "scenes": count}`; an empty memory gives no hits and a hint.
     """
-    from engine.memory import MemoryConfig, SceneMemory
-    from engine.profiles import load_profile
-
-    config = MemoryConfig.from_profile(load_profile(profile_name))
     path = memory_dir(state, memory)
     # The memory's own embedder (fixed by its first write) may differ from the profile's.
-    with SceneMemory.open(path, config=config, load_index=False) as peek:
-        spec = peek.embedder_name
-    scene_memory = SceneMemory.open(path, config=config, embedder=_LazyEmbedder(spec))
-    with scene_memory:
+    with open_memory(profile_name, state, memory) as scene_memory:
         result = scene_memory.search(query, k, {f: v for f, v in (filters or {}).items() if v})
         count = len(scene_memory)
     hits = [{"scene_id": h.scene_id, "score": round(float(h.score), 6),
              "scene": _jsonable_scene(h.scene)} for h in result.hits]
     return {"hits": hits, "hint": result.hint, "memory": str(path), "scenes": count}
+
+
+def open_memory(profile_name: str, state: Path, name: str = "default") -> Any:
+    """A named scene memory for a chat's RAG, with its own embedder loaded only when needed.
+
+    Use it as a context manager; an empty or new memory searches to no hits with a hint.
+    """
+    from engine.memory import MemoryConfig, SceneMemory
+    from engine.profiles import load_profile
+
+    config = MemoryConfig.from_profile(load_profile(profile_name))
+    path = memory_dir(state, name)
+    with SceneMemory.open(path, config=config, load_index=False) as peek:
+        spec = peek.embedder_name
+    return SceneMemory.open(path, config=config, embedder=_LazyEmbedder(spec))
 
 
 class _LazyEmbedder:
