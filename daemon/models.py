@@ -315,9 +315,16 @@ class ModelManager:
     def _router_for(self, chat: Chat, profile_name: str) -> Any:
         if not chat.options.get("route"):
             return None
+        from engine.errors import HyperlexError
+        from engine.inference.turn import UnavailableRouter
+
         if self._router is None:
-            raise ConfigError("this daemon has no router")
-        return self._router(profile_name)
+            return UnavailableRouter("this daemon has no router")
+        try:
+            return self._router(profile_name)
+        except HyperlexError as error:  # none trained yet: answer with base and say why
+            return UnavailableRouter(f"{error.message}" + (f" ({error.hint})" if error.hint
+                                                           else ""))
 
     @contextlib.contextmanager
     def _rag_for(self, chat: Chat, profile_name: str) -> Iterator[Any]:

@@ -157,6 +157,22 @@ class LoadedAdapters:
             self.loads += 1
 
 
+class UnavailableRouter:
+    """Stands in for a router that cannot be had (none trained yet): every message goes to the
+    base model, and each route decision says why, so a front end can show it."""
+
+    def __init__(self, reason: str):
+        from engine.routing.router import RouterConfig
+
+        self.reason = reason
+        self.config = RouterConfig()
+
+    def route(self, prompt: str) -> Any:
+        from engine.routing.router import RouteDecision
+
+        return RouteDecision(prompt, "", 0.0, {}, "base", reason=f"no router: {self.reason}")
+
+
 def _choice_of(refs: Iterable[AdapterRef]) -> AdapterChoice:
     refs = list(refs)
     if not refs:
@@ -291,6 +307,7 @@ class ChatTurn:
         cited = list(context.scene_ids) if context is not None else []
         if on_start is not None:
             on_start({"adapter": choice, "route": route, "cited": cited,
+                      "cited_scores": list(context.scores) if context is not None else [],
                       "dropped_turns": dropped})
         request = replace(sampling, messages=kept + [self.user_message(message, context)],
                           prompt=None, adapter=choice, cancel=cancel)

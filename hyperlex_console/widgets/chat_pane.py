@@ -3,8 +3,8 @@
 - Enter sends; Esc stops the answers being streamed (`chat_cancel`); ctrl+y copies the last one.
 - The target is `base`, `routed` (the daemon's `route` picks the adapter) or any adapter that
   a succeeded training job produced.
-- RAG: the prompt's nearest scenes (`memory_search`) are cited above the answer and given to
-  the model as context.
+- RAG: the daemon's chat turn retrieves the prompt's nearest scenes and gives them to the model
+  as hypertoken segments (`rag_k`); the scenes it cited are listed above the answer.
 - A/B: one prompt goes to base (A) and the chosen adapter (B), side by side; `a`, `b` or `=`
   rates them and the rating is appended to `<state>/ab_ratings.jsonl` for the evals.
 
@@ -25,7 +25,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Select, Static
 
 from daemon.client import DaemonError
-from engine.errors import NotAvailableError
 from hyperlex_console.widgets.chat_message import ChatMessage
 from hyperlex_console.widgets.pane import Pane
 
@@ -46,11 +45,7 @@ def save_rating(record: dict[str, Any]) -> Path:
     return path
 
 
-def scene_context(hits: list[dict[str, Any]]) -> str:
-    """The system message that hands cited scenes to the model."""
-    parts = [f"[{h.get('scene_id', '?')}] {(h.get('scene') or {}).get('text', '')}"
-             for h in hits]
-    return "Relevant scenes from memory:\n" + "\n".join(parts)
+RAG_K = 3  # scenes the daemon retrieves into a prompt when RAG is on
 
 
 def hits_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
@@ -213,86 +208,84 @@ class ChatPane(Pane):
         sides = ["a", "b"] if ab else ["a"]
         for side in sides:
             await self._mount(side, ChatMessage("user", "you", prompt))
-        context = await self._rag(prompt, sides)
+        rag_k = RAG_K if self.query_one("#chat-rag", Checkbox).value else 0
         if ab:
-            b_label, b_options = await self._resolve(target if target != "base" else
-                                                     next(iter(self.adapters), "routed"), prompt)
-            plan = [("a", "A: base", {}), ("b", f"B: {b_label}", b_options)]
+            b_label, b_options = self._resolve(target if target != "base" else
+                                               next(iter(self.adapters), "routed"))
+            plan = [("a", "A: ", "base", {}), ("b", "B: ", b_label, b_options)]
             self.pending_ab = {"prompt": prompt, "a": {"model": "base"},
                                "b": {"model": b_label, **b_options}}
             messages = [{"role": "user", "content": prompt}]
         else:
-            label, options = await self._resolve(target, prompt)
-            plan = [("a", label, options)]
+            label, options = self._resolve(target)
+            plan = [("a", "", label, options)]
             self.history.append({"role": "user", "content": prompt})
             messages = list(self.history)
-        if context:
-            messages = [{"role": "system", "content": context}, *messages]
-        for side, label, options in plan:
+        for side, prefix, label, options in plan:
             chat_id = uuid.uuid4().hex
-            message = await self._mount(side, ChatMessage("assistant", label))
+            message = await self._mount(side, ChatMessage("assistant", prefix + label))
             message.chat_id = chat_id  # type: ignore[attr-defined]
             message.side = side  # type: ignore[attr-defined]
+            message.prefix = prefix  # type: ignore[attr-defined]
             self.streams[chat_id] = message
             try:
                 await self.request("chat", messages=messages, chat_id=chat_id, lane="chat",
-                                   **options)
+                                   rag_k=rag_k, **options)
             except Exception as exc:
                 self.streams.pop(chat_id, None)
                 message.finish("", error=self.explain(exc, "chat"))
         self.note("streaming… Esc stops")
 
-    async def _resolve(self, target: str, prompt: str) -> tuple[str, dict[str, Any]]:
-        """(label, chat options) for a target; `routed` asks the daemon's router first."""
+    def _resolve(self, target: str) -> tuple[str, dict[str, Any]]:
+        """(label, chat options) for a target; the daemon's chat turn does the routing."""
         if target in self.adapters:
             return target, {"adapter": self.adapters[target]}
-        if target != "routed":
-            return "base", {}
-        try:
-            reply = await self.request("route", prompt, lane="chat")
-            route = reply["route"]
-            if route is None:  # no router trained yet: the daemon says how to train one
-                raise NotAvailableError(f"no router: {reply.get('hint')}")
-        except Exception as exc:
-            await self._mount("a", ChatMessage("error", "router",
-                                               self.explain(exc, "routing") + "; answering "
-                                               "with base"))
-            return "base (routing unavailable)", {}
-        where = route.get("register") or route.get("adapter") or route.get("mode", "base")
-        confidence = route.get("confidence", route.get("score"))
-        label = f"routed → {where}" + (f" ({confidence:.2f})" if isinstance(
-            confidence, (int, float)) else "")
-        # The daemon routes the chat itself and switches adapters without reloading the model.
-        return label, {"route": True}
+        if target == "routed":
+            return "routed", {"route": True}
+        return "base", {}
 
-    async def _rag(self, prompt: str, sides: list[str]) -> str | None:
-        if not self.query_one("#chat-rag", Checkbox).value:
-            return None
-        try:
-            hits = hits_of(await self.request("memory_search", prompt, 3, lane="chat"))
-        except Exception as exc:
-            for side in sides:
-                await self._mount(side, ChatMessage("error", "RAG",
-                                                    self.explain(exc, "scene memory search")))
-            return None
-        cited = "\n".join(f"[{h['scene_id']}] {h['score'] if h['score'] is None else round(h['score'], 3)}"
-                          f"  {(h['scene'].get('text') or '')[:70]}" for h in hits) or "no scenes"
-        for side in sides:
-            await self._mount(side, ChatMessage("context", "cited scenes", cited))
-        return scene_context(hits) if hits else None
+    def _started(self, message: ChatMessage, data: dict[str, Any]) -> None:
+        """The turn began: show where it was routed and which scenes it was given."""
+        route = data.get("route")
+        if route:
+            if route.get("mode") == "base" and str(route.get("reason", "")).startswith(
+                    "no router"):
+                label = "base (routing unavailable)"
+            else:
+                where = route.get("register") if route.get("mode") != "base" else "base"
+                label = f"routed → {where} ({route.get('confidence', 0):.2f})"
+            message.label = getattr(message, "prefix", "") + label
+            message._draw()
+            if self.pending_ab is not None and getattr(message, "side", "a") == "b":
+                self.pending_ab["b"]["model"] = label
+            if route.get("reason", "").startswith("no router"):
+                self.note(str(route["reason"]))
+        cited = data.get("cited") or []
+        if self.query_one("#chat-rag", Checkbox).value:
+            scores = data.get("cited_scores") or [None] * len(cited)
+            listing = "  ".join(f"[{scene_id}] {score:.3f}" if isinstance(score, float)
+                                else f"[{scene_id}]" for scene_id, score in zip(cited, scores,
+                                                                                 strict=False))
+            column = self._column(getattr(message, "side", "a"))
+            column.mount(ChatMessage("context", "cited scenes", listing or "no scenes"),
+                         before=message)
 
     def _on_chat_event(self, chat_id: str, data: dict[str, Any]) -> None:
         message = self.streams.get(chat_id)
         if message is None:
             return
         name = data.get("event")
-        if name in ("done", "error"):
+        if name == "start":
+            self._started(message, data)
+        elif name in ("done", "error"):
             self.streams.pop(chat_id, None)
             if name == "error":
                 message.finish("", error=f"{data.get('type', 'error')}: {data.get('message')}")
             else:
+                dropped = data.get("dropped_turns") or 0
                 message.finish(f"{data.get('n_tokens', 0)} tokens · "
-                               f"{data.get('tokens_per_s', 0)} tok/s · {data.get('reason')}")
+                               f"{data.get('tokens_per_s', 0)} tok/s · {data.get('reason')}"
+                               + (f" · {dropped} old turn(s) dropped to fit" if dropped else ""))
                 self.last_answer = message.text
             self._answer_finished(message)
 
