@@ -17,6 +17,7 @@ from engine.errors import ConfigError, HyperlexError
 from engine.inference import GenerationRequest, open_backend
 from engine.inference.session import ChatSession
 from engine.profiles import load_profile
+from hyperlex_console.cli.chat_daemon import through_daemon
 from hyperlex_console.cli.common import (
     emit_json,
     handles_errors,
@@ -76,6 +77,7 @@ def parse_adapter(spec: str, profile: Any, backend: str) -> tuple[str, str | Non
 @click.option("--memory", "memory_dir", type=click.Path(file_okay=False), default=None,
               help="Scene memory dir for --rag (default: the default memory).")
 @json_option
+@through_daemon
 @handles_errors
 def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
           backend: str | None, max_tokens: int | None, temperature: float | None,
