@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from daemon.client import Client, DaemonError
@@ -89,7 +90,7 @@ def jobs_client(connect_file: str | None, ssh: str | None, *, may_start: bool = 
 
 
 def _when(stamp: float | None) -> str:
-    return time.strftime("%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
 
 
 def _took(job: dict[str, Any]) -> str:
@@ -192,12 +193,19 @@ def list_command(state: str | None, limit: int, connect_file: str | None, ssh: s
     if not jobs:
         click.echo("no jobs" + (f" {state}" if state else ""))
         return
-    table = Table("id", "kind", "state", "profile", "progress", "created", "took", "note")
+    notes = any(job.get("error") for job in jobs)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("id", "kind", "state", "profile", "progress", "created", "took"):
+        table.add_column(name, no_wrap=True)
+    if notes:
+        table.add_column("note")  # the one column that wraps on a narrow screen
     for job in jobs:
         style = STATE_STYLES.get(job["state"], "")
-        table.add_row(str(job["id"]), job["kind"], f"[{style}]{job['state']}[/]", job["profile"],
-                      progress_text(job.get("progress")), _when(job["created"]), _took(job),
-                      job.get("error") or "")
+        table.add_row(str(job["id"]), escape(job["kind"]), f"[{style}]{job['state']}[/]",
+                      escape(job["profile"]),
+                      progress_text(job.get("progress")).removeprefix("step "),
+                      time.strftime("%m-%d %H:%M", time.localtime(job["created"])), _took(job),
+                      *([escape(job.get("error") or "")] if notes else []))
     stdout.print(table)
 
 
