@@ -326,9 +326,13 @@ class Client(_Base):
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
             time.sleep(poll_s)
 
-    def chat_stream(self, prompt: str, timeout: float = 120.0, **options: Any) -> Iterator[Event]:
-        """Run a chat and yield its events (`start`, `token`..., `done` or `error`)."""
-        chat_id = proto.new_id()
+    def chat_stream(self, prompt: str, timeout: float = 120.0, chat_id: str | None = None,
+                    **options: Any) -> Iterator[Event]:
+        """Run a chat and yield its events (`start`, `token`..., `done` or `error`).
+
+        A caller that may cancel the chat before its `start` event picks the `chat_id` itself.
+        """
+        chat_id = chat_id or proto.new_id()
         with self.events(f"chat.{chat_id}.") as stream:
             self.chat(prompt, chat_id=chat_id, **options)
             deadline = time.monotonic() + timeout

@@ -51,10 +51,16 @@ class Endpoint:
             FileNotFoundError: no connection file (no daemon).
             HyperlexError: the tunnel or the connection file is unusable.
         """
+        return self.open(timeout, asynchronous=True)
+
+    def open(self, timeout: float = 15.0, asynchronous: bool = False) -> Any:
+        """A new Client (the CLI's), or AsyncClient; raises as `open_async` does."""
         if self.kind == "ssh":
-            return connect(ssh=self.target, asynchronous=True, timeout=timeout, retries=1)
+            return connect(ssh=self.target, asynchronous=asynchronous, timeout=timeout,
+                           retries=1)
         path = Path(self.target) if self.kind == "file" else connection_file_path()
-        return AsyncClient(read_connection_file(path), timeout=timeout, retries=1)
+        return connect(read_connection_file(path), asynchronous=asynchronous, timeout=timeout,
+                       retries=1)
 
 
 def daemon_pid_alive() -> bool:

@@ -24,6 +24,7 @@ from engine.inference.turn import (
     TurnResult,
 )
 from engine.profiles import load_profile
+from hyperlex_console.cli.chat_daemon import through_daemon
 from hyperlex_console.cli.common import (
     emit_json,
     handles_errors,
@@ -83,6 +84,7 @@ def parse_adapter(spec: str, profile: Any, backend: str) -> tuple[str, str | Non
 @click.option("--memory", "memory_dir", type=click.Path(file_okay=False), default=None,
               help="Scene memory dir for --rag (default: the default memory).")
 @json_option
+@through_daemon
 @handles_errors
 def group(prompt: str | None, profile_name: str, adapter_specs: tuple[str, ...],
           backend: str | None, max_tokens: int | None, temperature: float | None,
