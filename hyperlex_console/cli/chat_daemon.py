@@ -4,8 +4,9 @@ The daemon keeps its model (and adapters) loaded between chats, so a script aski
 questions pays the load once. `through_daemon` decorates the `chat` command: it adds
 `--daemon`, `--connect FILE` and `--ssh USER@HOST` (either of which implies `--daemon`) and,
 with them, answers here instead of in-process. The chat options the daemon's `chat` request
-takes are passed on (`--adapter NAME|PATH|job:ID|base`, `--route`, `--max-tokens`,
-`--temperature`, `--top-p`, `--seed`); any other option given is refused by name. With
+takes are passed on (`--adapter NAME|PATH|job:ID|base`, `--route`, `--rag`/`-k` (the
+daemon's default scene memory), `--max-tokens`, `--temperature`, `--top-p`, `--seed`); any
+other option given is refused by name. With
 `--json`, one object at the end carries every key of the daemon's `start` and `done` events
 (profile, adapter, route, and whatever else they report), plus `tokens` and `finish_reason`.
 
@@ -32,7 +33,7 @@ from hyperlex_console.cli.reach import daemon_client, daemon_options
 F = TypeVar("F", bound=Callable[..., Any])
 # The `chat` command's parameters that the daemon's chat request takes.
 SUPPORTED = {"prompt", "profile_name", "adapter_specs", "max_tokens", "temperature", "top_p",
-             "seed", "routed", "as_json"}
+             "seed", "routed", "rag", "rag_k", "as_json"}
 SAMPLING = ("max_tokens", "temperature", "top_p", "seed")
 # The whole chat, model load included: a 7B model on a CPU loads in about a minute and then
 # writes a few tokens a second, so this leaves room for long answers.
@@ -114,6 +115,8 @@ def chat_through_daemon(*, prompt: str | None, connect_file: str | None, ssh: st
     options: dict[str, Any] = {k: params[k] for k in SAMPLING if params.get(k) is not None}
     if params.get("routed"):
         options["route"] = True
+    if params.get("rag"):
+        options["rag_k"] = int(params.get("rag_k") or 3)
     adapter = _adapter(tuple(params.get("adapter_specs") or ()), local=not ssh)
     if adapter:
         options["adapter"] = adapter

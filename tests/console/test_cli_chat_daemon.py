@@ -70,6 +70,14 @@ def test_chat_through_the_daemon_with_an_adapter_by_relative_path(daemon, tmp_pa
     assert json.loads(out)["text"] != with_adapter["text"]  # the adapter really acts
 
 
+def test_rag_through_the_daemon_reports_an_empty_memory(daemon):
+    code, out, err = hyperlex("chat", "--daemon", *GREEDY, "--rag", "-k", "2", "--json",
+                              "Tell me about the river.")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["cited"] == [] and "empty" in result["hint"]
+
+
 def test_daemon_errors_and_refusals_exit_non_zero(daemon):
     code, _, err = hyperlex("chat", "--daemon", "--adapter", "job:999", "hi")
     assert code == 1 and "no job with id 999" in err
@@ -80,8 +88,8 @@ def test_daemon_errors_and_refusals_exit_non_zero(daemon):
 
 
 def test_options_the_daemon_cannot_honour_are_named():
-    code, out, err = hyperlex("chat", "--daemon", "--rag", "--stop", "x", "--json", "hi")
-    assert code == 1 and "does not take" in err and "--rag" in err and "--stop" in err
+    code, out, err = hyperlex("chat", "--daemon", "--memory", "m/", "--stop", "x", "--json", "hi")
+    assert code == 1 and "does not take" in err and "--memory" in err and "--stop" in err
     assert json.loads(out)["error"]["type"] == "ConfigError"
     code, _, err = hyperlex("chat", "--daemon")
     assert code == 1 and "needs a PROMPT" in err
