@@ -333,6 +333,12 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
         have = base.shapes.get(target)
         if have is None:
             problems.append(f"{target}: not in {model_file.name}")
+        elif target == "token_embd.weight":  # token rows: lora_a (vocab x r), lora_b (embd x r)
+            if kind == "lora_a" and ne[1] != have[0]:
+                problems.append(f"token rows for a vocabulary of {ne[1]}, {model_file.name} "
+                                f"has {have[0]} tokens")
+            elif kind == "lora_b" and ne[1] != have[1]:
+                problems.append(f"token rows of width {ne[1]}, base {have[1]}")
         elif kind == "lora_a" and ne[0] != have[1]:
             problems.append(f"{target}: adapter input size {ne[0]}, base {have[0]}x{have[1]}")
         elif kind == "lora_b" and ne[1] != have[0]:
