@@ -100,6 +100,31 @@ def added_tokens(hypertokenizer: Any, base_vocab: int) -> list[AddedToken]:
     return out
 
 
+def adapter_vocabulary(adapter_dir: Path, base_vocab: int) -> Any | None:
+    """The `Hypertokenizer` an adapter dir was trained with, or None when it adds no token.
+
+    A dir saved by training holds the hypertokenizer and its manifest; a dir that only holds an
+    HF tokenizer with tokens past `base_vocab` is read as a base plus those tokens.
+    """
+    from engine.tokenizer import Hypertokenizer
+    from engine.tokenizer.hypertokenizer import MANIFEST
+
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / MANIFEST).is_file():
+        hypertokenizer = Hypertokenizer.load(adapter_dir)
+    elif (adapter_dir / "tokenizer.json").is_file() or \
+            (adapter_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(adapter_dir)
+        extra = [str(hf.convert_ids_to_tokens(i)) for i in range(base_vocab, len(hf))]
+        hypertokenizer = Hypertokenizer(hf, extra, base_vocab_size=base_vocab, special=True)
+    else:
+        return None
+    return hypertokenizer if len(hypertokenizer) > base_vocab or \
+        hypertokenizer.new_token_ids else None
+
+
 def vocabulary_key(base_gguf: Path, added: list[AddedToken]) -> str:
     """The cache key of an extended base: the base file's sha256 and the added tokens."""
     digest = hashlib.sha256(f"{FORMAT}:{file_sha256(Path(base_gguf))}:".encode())
@@ -134,10 +159,13 @@ def extended_base(base_gguf: Path, hypertokenizer: Any | None, *,
     base_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     added = added_tokens(hypertokenizer, base_vocab) if hypertokenizer is not None else []
     key = vocabulary_key(base_gguf, added)
-    out = (cache_dir or dirs().cache / "extended-base") / f"{key}.gguf"
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     tied = "output.weight" not in tensors
     n_vocab = max([base_vocab] + [t.id + 1 for t in added])
+    if not added and not tied:  # nothing to add, no tie to undo: the base serves as it is
+        return ExtendedBase(path=base_gguf, key=key, base=base_gguf, added=[], n_vocab=n_vocab,
+                            tied_output=bool(field_value(reader, TIED_OUTPUT_KEY)), built=False)
+    out = (cache_dir or dirs().cache / "extended-base") / f"{key}.gguf"
     built = not out.is_file()
     if built:
         build_extended_base(reader, base_gguf, added, out, progress=progress)
