@@ -9,10 +9,11 @@
 (c) switching adapters (llama_set_adapters_lora) vs reloading the model with
     `Llama(lora_path=...)` (baseline): how many times faster (goal >= 10), each followed by the
     first answer token so the switch is really in effect. Each adapter choice keeps its KV
-    cache, so a switch back to a prompt the choice has read costs one token ("warm", the
-    goal); a prompt it has not read must be evaluated whatever the weights came from ("cold",
-    against the same reload). The switch's time is broken down: llama_set_adapters_lora, the
-    KV cache set aside and restored, the graph re-reservation llama.cpp does on the first
+    cache, so a switch back to a prompt the choice has read replays one token ("warm", the
+    goal), and back to a long history it has read evaluates only the new question ("chat");
+    a prompt no choice has read must be evaluated whatever the weights came from ("cold"),
+    and a reload pays that too. The switch's time is broken down: llama_set_adapters_lora,
+    the KV cache set aside and restored, the graph re-reservation llama.cpp does on the first
     decode after any adapter change, the one-token decode, and what a cold switch adds.
 (d) generating with an active LoRA vs without (baseline): tok/s ratio (goal >= 0.9).
 (e) hypertoken adapters (trained token rows, the default profile's hypertokens) on llama.cpp,
@@ -72,7 +73,7 @@ def cpu_description() -> str:
     except OSError:
         pass
     system = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    flags = [part.split(" = ")[0].strip() for part in system.replace("|", ";").split(";")
+    flags = [part.split(" = ")[0].split(":")[-1].strip() for part in system.split("|")
              if part.strip().endswith("= 1")]
     return f"{model}, {os.cpu_count()} logical CPUs; llama.cpp: {' '.join(flags)}"
 
@@ -144,8 +145,33 @@ def switch_times(backend: Any, choices: tuple[str, str], repeats: int) -> dict[s
                                                        add_bos=True))}
 
 
-def reload_times(model_file: Path, lora_files: list[Path | None], threads: int, repeats: int
-                 ) -> float:
+HISTORY = " ".join([PROMPT + " an old fisherman who knew every wave.",
+                    "Each morning he rowed out past the lighthouse and each evening he came "
+                    "back with a story for the children who waited on the pier."] * 5)
+
+
+def chat_switch_times(backend: Any, choices: tuple[str, str], repeats: int
+                      ) -> dict[str, float]:
+    """Switching back to a choice that has read a long history, with a new question appended:
+    only the question is evaluated (as a chat turn after `/adapter NAME` and back)."""
+    from engine.inference.base import GenerationRequest
+
+    for choice in choices:
+        backend.set_active(choice)
+        backend.generate(GenerationRequest(prompt=HISTORY, max_tokens=1))
+    switches = []
+    for index in range(repeats):
+        for choice in (choices[1], choices[0]):
+            question = GenerationRequest(prompt=f"{HISTORY}\nQuestion {index}: and then?",
+                                         max_tokens=1)
+            switches.append(timed(lambda request=question, target=choice: (
+                backend.set_active(target), backend.generate(request))))
+    return {"switch_s": median(switches),
+            "history_tokens": len(backend.tokenize(HISTORY, add_bos=True))}
+
+
+def reload_times(model_file: Path, lora_files: list[Path | None], threads: int, repeats: int,
+                 prompt: str = PROMPT) -> float:
     """Load a model (with `lora_path` when given) and produce the first token of the prompt."""
     import llama_cpp
 
@@ -157,7 +183,7 @@ def reload_times(model_file: Path, lora_files: list[Path | None], threads: int, 
             extra = {"lora_path": str(lora)} if lora is not None else {}
             llama = llama_cpp.Llama(model_path=str(model_file), n_ctx=512, verbose=False,
                                     n_threads=threads, **extra)
-            llama.create_completion(PROMPT, max_tokens=1, temperature=0.0)
+            llama.create_completion(prompt, max_tokens=1, temperature=0.0)
             llama.close()
 
         loads.append(timed(load))
@@ -168,11 +194,13 @@ def switch_breakdown(backend: Any, names: tuple[str, str], repeats: int) -> dict
     """Where a warm switch's time goes, each part timed on its own (medians, milliseconds).
 
     set_active: llama_set_adapters_lora plus setting the KV cache aside and restoring the new
-    choice's; reserve: what the first decode after any adapter change costs more than another
-    (llama.cpp re-reserves its compute graphs); decode: the one token replayed to refresh the
-    logits; prompt_eval: what a cold switch adds (the prompt, evaluated from scratch).
+    choice's; reserve: llama.cpp re-reserving its compute graphs on the first decode after any
+    adapter change (its own "reserve took" log line); decode: the one token replayed to refresh
+    the logits (reserve included); prompt_eval: what a cold switch adds, the prompt evaluated
+    from scratch.
     """
     import llama_cpp
+    from llama_cpp import _logger
 
     from engine.inference.base import GenerationRequest
 
@@ -180,36 +208,49 @@ def switch_breakdown(backend: Any, names: tuple[str, str], repeats: int) -> dict
     tokens = backend.prompt_tokens(request)
     scale = (ctypes.c_float * 1)(1.0)
     parts: dict[str, list[float]] = {name: [] for name in (
-        "set_active_ms", "set_adapters_lora_ms", "reserve_ms", "one_token_decode_ms",
-        "prompt_eval_ms")}
-    for _ in range(repeats):
-        for name in names:  # both choices have read the prompt
-            backend.set_active(name)
-            backend.generate(request)
-        llama = backend.llama
-        ctx = llama._ctx.ctx
-        handles = [(llama_cpp.llama_adapter_lora_p_ctypes * 1)(backend._adapters[name])
-                   for name in names]
-        started = time.perf_counter()
-        backend.set_active(names[0])
-        parts["set_active_ms"].append(milliseconds_since(started))
-        llama.n_tokens = len(tokens) - 1  # replay the last token, as generate does
-        started = time.perf_counter()
-        llama.eval(tokens[-1:])
-        after_switch = milliseconds_since(started)
-        llama.n_tokens = len(tokens) - 1
-        started = time.perf_counter()
-        llama.eval(tokens[-1:])
-        parts["one_token_decode_ms"].append(milliseconds_since(started))
-        parts["reserve_ms"].append(after_switch - parts["one_token_decode_ms"][-1])
-        started = time.perf_counter()
-        llama_cpp.llama_set_adapters_lora(ctx, handles[1], 1, scale)
-        parts["set_adapters_lora_ms"].append(milliseconds_since(started))
-        llama_cpp.llama_set_adapters_lora(ctx, handles[0], 1, scale)  # back to what is active
-        llama.reset()
-        started = time.perf_counter()
-        llama.eval(tokens)
-        parts["prompt_eval_ms"].append(milliseconds_since(started))
+        "set_active_ms", "set_adapters_lora_ms", "reserve_ms", "decode_after_switch_ms",
+        "decode_without_switch_ms", "prompt_eval_ms")}
+    reserves: list[float] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def capture(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", "replace")
+        if "reserve took" in line:
+            reserves.append(float(line.split("reserve took")[1].split("ms")[0]))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        for _ in range(repeats * 3):
+            for name in names:  # both choices have read the prompt
+                backend.set_active(name)
+                backend.generate(request)
+            llama = backend.llama
+            ctx = llama._ctx.ctx
+            handles = [(llama_cpp.llama_adapter_lora_p_ctypes * 1)(backend._adapters[name])
+                       for name in names]
+            started = time.perf_counter()
+            backend.set_active(names[0])
+            parts["set_active_ms"].append(milliseconds_since(started))
+            reserves.clear()
+            llama.n_tokens = len(tokens) - 1  # replay the last token, as generate does
+            started = time.perf_counter()
+            llama.eval(tokens[-1:])
+            parts["decode_after_switch_ms"].append(milliseconds_since(started))
+            parts["reserve_ms"].append(sum(reserves))
+            llama.n_tokens = len(tokens) - 1
+            started = time.perf_counter()
+            llama.eval(tokens[-1:])
+            parts["decode_without_switch_ms"].append(milliseconds_since(started))
+            started = time.perf_counter()
+            llama_cpp.llama_set_adapters_lora(ctx, handles[1], 1, scale)
+            parts["set_adapters_lora_ms"].append(milliseconds_since(started))
+            llama_cpp.llama_set_adapters_lora(ctx, handles[0], 1, scale)  # back to the active
+            llama.reset()
+            started = time.perf_counter()
+            llama.eval(tokens)
+            parts["prompt_eval_ms"].append(milliseconds_since(started))
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     figures = {name: median(values) for name, values in parts.items()}
     figures["kv_aside_and_restore_ms"] = figures["set_active_ms"] - \
         figures["set_adapters_lora_ms"]
@@ -232,6 +273,12 @@ def hot_swap(args: argparse.Namespace, llama_backend: Any, base_gguf: Path, lora
     results["c_cold_switch_vs_reload"] = {"switch_s": switches["cold_s"], "reload_s": reload,
                                           "prompt_tokens": switches["cold_prompt_tokens"],
                                           "ratio": reload / switches["cold_s"]}
+    chat = chat_switch_times(llama_backend, ("a", "b"), args.repeats)
+    chat_reload = reload_times(base_gguf, list(lora_files), threads, args.repeats,
+                               prompt=f"{HISTORY}\nQuestion 0: and then?")
+    results["c_chat_switch_vs_reload"] = {"switch_s": chat["switch_s"], "reload_s": chat_reload,
+                                          "history_tokens": chat["history_tokens"],
+                                          "ratio": chat_reload / chat["switch_s"]}
     breakdown.update(switch_breakdown(llama_backend, ("a", "b"), args.repeats))
 
     request = GenerationRequest(prompt=PROMPT, max_tokens=args.tokens, temperature=0.0)

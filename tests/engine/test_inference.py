@@ -200,6 +200,16 @@ def test_kv_cache_is_reused_across_chat_turns_and_kept_per_adapter_choice(llama_
             evaluated.clear()
             assert llama_backend.generate(longer).text == answers[choice]
             assert evaluated[0] == 1
+        one = GenerationRequest(messages=history, max_tokens=1)
+        first = {}
+        for choice in ("base", "b"):
+            llama_backend.set_active(choice)
+            first[choice] = llama_backend.generate(one).text
+        for choice in ("base", "b"):  # the very prompt it read: one token replayed for logits
+            llama_backend.set_active(choice)
+            evaluated.clear()
+            assert llama_backend.generate(one).text == first[choice]
+            assert evaluated == [1]
     finally:
         llama_backend.llama.eval = original
 
