@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
-from engine.export.gguf_layout import field_value
-from engine.models import file_sha256, read_gguf_info
+from engine.export.gguf_layout import field_value, read_tensors
+from engine.models import file_sha256
 from engine.paths import dirs
 
 # stage, done, total: called as the build moves on (a build takes seconds; a cache hit none)
@@ -149,26 +149,27 @@ def extended_base(base_gguf: Path, hypertokenizer: Any | None, *,
         ModelFormatError: the base is not a readable GGUF model, or the tokenizer puts a token
             where the base already has one.
     """
-    from gguf import GGUFReader
-
     base_gguf = Path(base_gguf)
-    read_gguf_info(base_gguf)
-    reader = GGUFReader(str(base_gguf))
-    if field_value(reader, "general.type") == "adapter":
+    header, tensors = read_tensors(base_gguf)
+    if header.metadata.get("general.type") == "adapter":
         raise ModelFormatError(f"{base_gguf} is a LoRA adapter GGUF, not a base model")
-    base_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    base_vocab = int(header.array_lengths.get("tokenizer.ggml.tokens") or 0)
     added = added_tokens(hypertokenizer, base_vocab) if hypertokenizer is not None else []
     key = vocabulary_key(base_gguf, added)
-    tensors = {tensor.name: tensor for tensor in reader.tensors}
     tied = "output.weight" not in tensors
     n_vocab = max([base_vocab] + [t.id + 1 for t in added])
     if not added and not tied:  # nothing to add, no tie to undo: the base serves as it is
         return ExtendedBase(path=base_gguf, key=key, base=base_gguf, added=[], n_vocab=n_vocab,
-                            tied_output=bool(field_value(reader, TIED_OUTPUT_KEY)), built=False)
+                            tied_output=bool(header.metadata.get(TIED_OUTPUT_KEY)),
+                            built=False)
     out = (cache_dir or dirs().cache / "extended-base") / f"{key}.gguf"
     built = not out.is_file()
     if built:
-        build_extended_base(reader, base_gguf, added, out, progress=progress)
+        from gguf import GGUFReader
+
+        # gguf-py's reader, for the whole metadata (vocabulary and merges) to copy
+        build_extended_base(GGUFReader(str(base_gguf)), base_gguf, added, out,
+                            progress=progress)
     return ExtendedBase(path=out, key=key, base=base_gguf, added=added, n_vocab=n_vocab,
                         tied_output=tied, built=built)
 

@@ -38,12 +38,11 @@ from engine.errors import ModelFormatError
 from engine.export.gguf_layout import (
     PERMUTED_ARCHS,
     TensorNames,
-    field_value,
     heads_for,
+    read_tensors,
     rope_permute,
 )
 from engine.inference.adapters import LoraAdapter, check_shapes, read_adapter
-from engine.models import read_gguf_info
 
 
 @dataclass
@@ -57,7 +56,7 @@ class BaseGGUF:
     n_head_kv: int
     shapes: dict[str, tuple[int, int]]  # GGUF tensor name -> (out, in)
     name: str
-    reader: Any = None  # the GGUFReader, for the rows of token_embd and output
+    tensors: dict[str, Any] = field(default_factory=dict)  # name -> gguf_layout.TensorView
     tied_output: bool = False  # output.weight is an extended base's copy of token_embd
 
 
@@ -67,27 +66,21 @@ def read_base_gguf(path: Path) -> BaseGGUF:
     Raises:
         ModelFormatError: the file is not a readable GGUF model.
     """
-    read_gguf_info(path)  # refuses non-GGUF and corrupt files with a clear message
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    arch = field_value(reader, "general.architecture")
-    if field_value(reader, "general.type") == "adapter":
-        raise ModelFormatError(f"{path} is a LoRA adapter GGUF, not a base model")
-    n_head = int(field_value(reader, f"{arch}.attention.head_count"))
-    shapes = {}
-    for tensor in reader.tensors:
-        ne = [int(x) for x in tensor.shape]
-        if len(ne) == 2:
-            shapes[tensor.name] = (ne[1], ne[0])  # ggml lists (in, out)
     from engine.export.extended_base import TIED_OUTPUT_KEY
 
+    header, tensors = read_tensors(path)  # refuses non-GGUF and corrupt files clearly
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    if meta.get("general.type") == "adapter":
+        raise ModelFormatError(f"{path} is a LoRA adapter GGUF, not a base model")
+    n_head = int(meta[f"{arch}.attention.head_count"])
+    shapes = {name: (tensor.shape[1], tensor.shape[0]) for name, tensor in tensors.items()
+              if len(tensor.shape) == 2}  # ggml lists (in, out)
     return BaseGGUF(
-        path=path, arch=arch, n_blocks=int(field_value(reader, f"{arch}.block_count")),
-        n_head=n_head,
-        n_head_kv=int(field_value(reader, f"{arch}.attention.head_count_kv") or n_head),
-        shapes=shapes, name=str(field_value(reader, "general.name") or path.name),
-        reader=reader, tied_output=bool(field_value(reader, TIED_OUTPUT_KEY)))
+        path=path, arch=arch, n_blocks=int(meta[f"{arch}.block_count"]), n_head=n_head,
+        n_head_kv=int(meta.get(f"{arch}.attention.head_count_kv") or n_head),
+        shapes=shapes, name=str(meta.get("general.name") or path.name), tensors=tensors,
+        tied_output=bool(meta.get(TIED_OUTPUT_KEY)))
 
 
 def inexpressible(adapter: LoraAdapter) -> list[str]:
@@ -183,7 +176,7 @@ def token_rows(adapter: LoraAdapter, base: BaseGGUF) -> list[TokenRows]:
     if not sources:
         return []
     names = TensorNames(base.arch, base.n_blocks)
-    tensors = {tensor.name: tensor for tensor in base.reader.tensors}
+    tensors = base.tensors
     if "output.weight" not in tensors:
         raise ModelFormatError(
             f"the adapter {adapter.path} carries trained token rows, and {base.path.name} ties "

@@ -448,23 +448,21 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     Raises:
         ModelFormatError: not a LoRA GGUF, another architecture, or shapes that differ.
     """
-    from engine.export.gguf_layout import field_value
+    from engine.export.gguf_layout import read_tensors
     from engine.export.gguf_lora import read_base_gguf
 
-    read_gguf_info(adapter_file)
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(adapter_file))
-    if field_value(reader, "general.type") != "adapter":
+    header, tensors = read_tensors(adapter_file)
+    kind = header.metadata.get("general.type")
+    if kind != "adapter":
         raise ModelFormatError(f"{adapter_file} is not a LoRA adapter GGUF "
-                               f"(general.type = {field_value(reader, 'general.type')!r})")
+                               f"(general.type = {kind!r})")
     base = read_base_gguf(model_file)
-    arch = field_value(reader, "general.architecture")
+    arch = header.metadata.get("general.architecture")
     if arch != base.arch:
         raise ModelFormatError(f"the adapter {adapter_file.name} is for a {arch} model, "
                                f"{model_file.name} is {base.arch}")
     problems = []
-    for tensor in reader.tensors:
+    for tensor in tensors.values():
         target, _, kind = tensor.name.rpartition(".")
         ne = [int(x) for x in tensor.shape]
         have = base.shapes.get(target)
