@@ -46,12 +46,80 @@ ADDED_KEY = "hyperlex.extended_base.added_tokens"
 
 @dataclass(frozen=True)
 class AddedToken:
-    """One token the extended base appends: its id, text, kind and the base ids that spell it."""
+    """One token the extended base appends: its id, its text and whether it is a control token."""
 
     id: int
     text: str
     control: bool
-    spelling: tuple[int, ...]
+
+
+class AddedVocabulary:
+    """The tokens an adapter's tokenizer adds past a base vocabulary, and how the base spells
+    each (the rows its embedding starts from).
+
+    Read from a training dir's manifest alone, the tokenizer itself is loaded only when an
+    extended base has to be built: finding a cached one takes milliseconds, not the ~0.6 s a
+    tokenizer load takes for SmolLM2.
+    """
+
+    def __init__(self, added: list[AddedToken], load: Callable[[], Any]):
+        self.added = added
+        self._load = load
+        self._hypertokenizer: Any = None
+
+    def spelling_ids(self, text: str) -> list[int]:
+        if self._hypertokenizer is None:
+            self._hypertokenizer = self._load()
+        return list(self._hypertokenizer.spelling_ids(text))
+
+    @classmethod
+    def of(cls, hypertokenizer: Any, base_vocab: int) -> AddedVocabulary:
+        """The tokens of a `Hypertokenizer` past a base vocabulary of `base_vocab` ids."""
+        from engine.tokenizer import is_control
+
+        hf = hypertokenizer.hf
+        special = set(hf.all_special_ids) | {index for index, added in
+                                             hf.added_tokens_decoder.items() if added.special}
+        ids = sorted(set(hypertokenizer.new_token_ids) | set(range(base_vocab, len(hf))))
+        added = []
+        for token_id in ids:
+            text = str(hf.convert_ids_to_tokens(token_id))
+            added.append(AddedToken(id=token_id, text=text,
+                                    control=is_control(text) or token_id in special))
+        return cls(added, lambda: hypertokenizer)
+
+    @classmethod
+    def from_adapter(cls, adapter_dir: Path, base_vocab: int) -> AddedVocabulary | None:
+        """The tokens an adapter dir adds, or None when it adds none.
+
+        A dir saved by training holds the hypertokenizer and its manifest; a dir that only
+        holds an HF tokenizer with tokens past `base_vocab` is read as a base plus those tokens.
+        """
+        from engine.tokenizer import Hypertokenizer, is_control
+        from engine.tokenizer.hypertokenizer import MANIFEST
+
+        adapter_dir = Path(adapter_dir)
+        manifest_file = adapter_dir / MANIFEST
+        if manifest_file.is_file():
+            manifest = json.loads(manifest_file.read_text())
+            if int(manifest.get("base_vocab_size", -1)) == base_vocab and "ids" in manifest:
+                ids = {token: int(index) for token, index in manifest["ids"].items()}
+                added = sorted((AddedToken(ids[t], t, is_control(t))
+                                for t in manifest["hypertokens"] if ids[t] >= base_vocab),
+                               key=lambda token: token.id)
+                return cls(added, lambda: Hypertokenizer.load(adapter_dir)) if added else None
+            vocabulary = cls.of(Hypertokenizer.load(adapter_dir), base_vocab)
+        elif (adapter_dir / "tokenizer.json").is_file() or \
+                (adapter_dir / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(adapter_dir)
+            extra = [str(hf.convert_ids_to_tokens(i)) for i in range(base_vocab, len(hf))]
+            vocabulary = cls.of(Hypertokenizer(hf, extra, base_vocab_size=base_vocab,
+                                               special=True), base_vocab)
+        else:
+            return None
+        return vocabulary if vocabulary.added else None
 
 
 @dataclass
@@ -78,70 +146,23 @@ class ExtendedBase:
     built: bool
 
 
-def added_tokens(hypertokenizer: Any, base_vocab: int) -> list[AddedToken]:
-    """The tokens of `hypertokenizer` past a base vocabulary of `base_vocab` ids, in id order.
-
-    Args:
-        hypertokenizer: a `Hypertokenizer` (its `.hf` tokenizer holds the ids).
-        base_vocab: the base GGUF's token count.
-    """
-    from engine.tokenizer import is_control
-
-    hf = hypertokenizer.hf
-    special = set(hf.all_special_ids) | {index for index, added in
-                                         hf.added_tokens_decoder.items() if added.special}
-    ids = sorted(set(hypertokenizer.new_token_ids) | set(range(base_vocab, len(hf))))
-    out = []
-    for token_id in ids:
-        text = str(hf.convert_ids_to_tokens(token_id))
-        out.append(AddedToken(id=token_id, text=text,
-                              control=is_control(text) or token_id in special,
-                              spelling=tuple(hypertokenizer.spelling_ids(text))))
-    return out
-
-
-def adapter_vocabulary(adapter_dir: Path, base_vocab: int) -> Any | None:
-    """The `Hypertokenizer` an adapter dir was trained with, or None when it adds no token.
-
-    A dir saved by training holds the hypertokenizer and its manifest; a dir that only holds an
-    HF tokenizer with tokens past `base_vocab` is read as a base plus those tokens.
-    """
-    from engine.tokenizer import Hypertokenizer
-    from engine.tokenizer.hypertokenizer import MANIFEST
-
-    adapter_dir = Path(adapter_dir)
-    if (adapter_dir / MANIFEST).is_file():
-        hypertokenizer = Hypertokenizer.load(adapter_dir)
-    elif (adapter_dir / "tokenizer.json").is_file() or \
-            (adapter_dir / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        hf = AutoTokenizer.from_pretrained(adapter_dir)
-        extra = [str(hf.convert_ids_to_tokens(i)) for i in range(base_vocab, len(hf))]
-        hypertokenizer = Hypertokenizer(hf, extra, base_vocab_size=base_vocab, special=True)
-    else:
-        return None
-    return hypertokenizer if len(hypertokenizer) > base_vocab or \
-        hypertokenizer.new_token_ids else None
-
-
 def vocabulary_key(base_gguf: Path, added: list[AddedToken]) -> str:
-    """The cache key of an extended base: the base file's sha256 and the added tokens."""
+    """The cache key of an extended base: the base file's sha256 and the added tokens (their
+    spellings follow from the base)."""
     digest = hashlib.sha256(f"{FORMAT}:{file_sha256(Path(base_gguf))}:".encode())
-    digest.update(json.dumps([[t.id, t.text, t.control, list(t.spelling)] for t in added]
-                             ).encode())
+    digest.update(json.dumps([[t.id, t.text, t.control] for t in added]).encode())
     return digest.hexdigest()[:16]
 
 
-def extended_base(base_gguf: Path, hypertokenizer: Any | None, *,
+def extended_base(base_gguf: Path, vocabulary: Any | None, *,
                   progress: Progress | None = None, cache_dir: Path | None = None
                   ) -> ExtendedBase:
-    """The extended base of `base_gguf` for a hypertokenizer's vocabulary, built once and cached.
+    """The extended base of `base_gguf` for an adapter's vocabulary, built once and cached.
 
     Args:
         base_gguf: the base model GGUF.
-        hypertokenizer: the adapter's `Hypertokenizer`; None adds no token (the file then only
-            unties the output, for adapters that retrain existing rows).
+        vocabulary: an `AddedVocabulary` or the adapter's `Hypertokenizer`; None adds no token
+            (the file then only unties the output, for adapters that retrain existing rows).
         progress: called with (stage, done, total) while a build runs.
         cache_dir: where extended bases live (default `<cache>/extended-base`).
 
@@ -154,7 +175,9 @@ def extended_base(base_gguf: Path, hypertokenizer: Any | None, *,
     if header.metadata.get("general.type") == "adapter":
         raise ModelFormatError(f"{base_gguf} is a LoRA adapter GGUF, not a base model")
     base_vocab = int(header.array_lengths.get("tokenizer.ggml.tokens") or 0)
-    added = added_tokens(hypertokenizer, base_vocab) if hypertokenizer is not None else []
+    if vocabulary is not None and not isinstance(vocabulary, AddedVocabulary):
+        vocabulary = AddedVocabulary.of(vocabulary, base_vocab)
+    added = vocabulary.added if vocabulary is not None else []
     key = vocabulary_key(base_gguf, added)
     tied = "output.weight" not in tensors
     n_vocab = max([base_vocab] + [t.id + 1 for t in added])
@@ -168,15 +191,25 @@ def extended_base(base_gguf: Path, hypertokenizer: Any | None, *,
         from gguf import GGUFReader
 
         # gguf-py's reader, for the whole metadata (vocabulary and merges) to copy
-        build_extended_base(GGUFReader(str(base_gguf)), base_gguf, added, out,
+        spellings = {token.id: vocabulary.spelling_ids(token.text) for token in added}
+        build_extended_base(GGUFReader(str(base_gguf)), base_gguf, added, spellings, out,
                             progress=progress)
     return ExtendedBase(path=out, key=key, base=base_gguf, added=added, n_vocab=n_vocab,
                         tied_output=tied, built=built)
 
 
-def build_extended_base(reader: Any, base_gguf: Path, added: list[AddedToken], out: Path, *,
+def build_extended_base(reader: Any, base_gguf: Path, added: list[AddedToken],
+                        spellings: dict[int, list[int]], out: Path, *,
                         progress: Progress | None = None) -> Path:
     """Write the extended base of an open base GGUF to `out` (see the module docstring).
+
+    Args:
+        reader: gguf-py's GGUFReader on the base.
+        base_gguf: the base's path.
+        added: the tokens to append.
+        spellings: token id -> the base ids that spell it.
+        out: the file to write.
+        progress: called with (stage, done, total).
 
     Raises:
         ModelFormatError: an added id is already a real token of the base.
@@ -209,9 +242,10 @@ def build_extended_base(reader: Any, base_gguf: Path, added: list[AddedToken], o
         types[token.id] = int(gguf.TokenType.CONTROL if token.control
                               else gguf.TokenType.USER_DEFINED)
 
-    embeddings = _with_new_rows(tensors["token_embd.weight"], added, n_vocab)
+    embeddings = _with_new_rows(tensors["token_embd.weight"], added, spellings, n_vocab)
     output = tensors.get("output.weight")
-    head = _with_new_rows(output, added, n_vocab) if output is not None else embeddings
+    head = _with_new_rows(output, added, spellings, n_vocab) if output is not None \
+        else embeddings
     report("write", 1)
 
     def build(tmp: str) -> None:
@@ -263,8 +297,8 @@ def dequantized_rows(tensor: Any, ids: Any) -> np.ndarray:
     return np.asarray(quants.dequantize(data, tensor.tensor_type), np.float32).reshape(-1, width)
 
 
-def _with_new_rows(tensor: Any, added: list[AddedToken], n_rows: int
-                   ) -> tuple[np.ndarray, Any]:
+def _with_new_rows(tensor: Any, added: list[AddedToken], spellings: dict[int, list[int]],
+                   n_rows: int) -> tuple[np.ndarray, Any]:
     """A tensor's data with the added tokens' rows (mean of spelling) set, grown to n_rows.
 
     Returns (data, raw type): the raw bytes in the tensor's own type when gguf-py can quantise
@@ -273,7 +307,7 @@ def _with_new_rows(tensor: Any, added: list[AddedToken], n_rows: int
     from gguf import GGMLQuantizationType, quants
 
     old_rows = int(tensor.shape[1])
-    values = np.stack([_initial_row(tensor, token, old_rows) for token in added]) \
+    values = np.stack([_initial_row(tensor, spellings[token.id], old_rows) for token in added]) \
         if added else np.zeros((0, int(tensor.shape[0])), np.float32)
     ids = np.asarray([token.id for token in added], dtype=np.int64)
     qtype = tensor.tensor_type
@@ -294,9 +328,9 @@ def _with_new_rows(tensor: Any, added: list[AddedToken], n_rows: int
     return grown, qtype
 
 
-def _initial_row(tensor: Any, token: AddedToken, old_rows: int) -> np.ndarray:
+def _initial_row(tensor: Any, spelling: list[int], old_rows: int) -> np.ndarray:
     """The mean of the rows that spell a token; the centroid when nothing spells it."""
-    spelling = [i for i in token.spelling if i < old_rows]
+    spelling = [i for i in spelling if i < old_rows]
     if spelling:
         return dequantized_rows(tensor, spelling).mean(axis=0)
     return dequantized_rows(tensor, np.arange(old_rows)).mean(axis=0)

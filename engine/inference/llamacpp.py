@@ -82,7 +82,7 @@ class LlamaCppBackend:
             progress: called with (stage, done, total) while an extended base is built.
         """
         self._llama_cpp = import_llama_cpp()
-        read_gguf_info(model_file)
+        self._base_vocab = int(read_gguf_info(model_file)["vocab_size"] or 0)
         self.base_file = Path(model_file)
         self.model_file = self.base_file  # what is loaded: the base, or its extended base
         self.system_prompt = system_prompt
@@ -217,11 +217,10 @@ class LlamaCppBackend:
         Raises:
             ModelFormatError: other loaded adapters need another vocabulary.
         """
-        from engine.export.extended_base import adapter_vocabulary, extended_base
+        from engine.export.extended_base import AddedVocabulary, extended_base
         from engine.export.gguf_lora import carries_token_rows
 
-        base_vocab = int(read_gguf_info(self.base_file)["vocab_size"] or 0)
-        vocabulary = adapter_vocabulary(adapter_dir, base_vocab)
+        vocabulary = AddedVocabulary.from_adapter(adapter_dir, self._base_vocab)
         if vocabulary is None and not carries_token_rows(adapter_dir):
             return None
         extended = extended_base(self.base_file, vocabulary, progress=self.progress)
