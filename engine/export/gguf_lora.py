@@ -7,17 +7,28 @@ patterns), the difference is folded into lora_b so the product is the same.
 
 For llama-family bases the q/k `lora_B` rows are permuted for RoPE like the base's own q/k rows
 (see gguf_layout); without that the adapter loads and silently computes something else.
-What a GGUF LoRA cannot hold (DoRA, LoRA biases, trainable token rows, modules_to_save,
-embedding LoRA) is refused with the names, pointing at `hyperlex export gguf` instead.
+
+Trained token rows (PEFT trainable tokens, or the rows a modules_to_save copy of the embedding
+or head changed) become LoRA pairs too, exactly: for N rows with deltas D = trained row - base
+row (the base's rows dequantised, so base + delta is the trained row in float32), a rank-N pair
+whose one factor is one-hot. llama.cpp applies a `token_embd` LoRA as
+`scale * lora_b @ get_rows(lora_a, token)` with lora_a (n_vocab, N) and lora_b (n_embd, N), and
+an `output` LoRA as an ordinary matmul pair (lora_a (N, n_embd), lora_b (n_vocab, N)); the
+alpha / N it multiplies by is folded back into the delta factor. The rows must exist in the base,
+so such adapters need the extended base (engine.export.extended_base) with its explicit
+`output.weight`. What a GGUF LoRA cannot hold (DoRA, LoRA biases, embedding LoRA, other
+modules_to_save) is refused with the names, pointing at `hyperlex export gguf` instead.
 This module knows nothing of backends, profiles or the CLI.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +38,11 @@ from engine.errors import ModelFormatError
 from engine.export.gguf_layout import (
     PERMUTED_ARCHS,
     TensorNames,
-    field_value,
     heads_for,
+    read_tensors,
     rope_permute,
 )
 from engine.inference.adapters import LoraAdapter, check_shapes, read_adapter
-from engine.models import read_gguf_info
 
 
 @dataclass
@@ -46,6 +56,8 @@ class BaseGGUF:
     n_head_kv: int
     shapes: dict[str, tuple[int, int]]  # GGUF tensor name -> (out, in)
     name: str
+    tensors: dict[str, Any] = field(default_factory=dict)  # name -> gguf_layout.TensorView
+    tied_output: bool = False  # output.weight is an extended base's copy of token_embd
 
 
 def read_base_gguf(path: Path) -> BaseGGUF:
@@ -54,24 +66,21 @@ def read_base_gguf(path: Path) -> BaseGGUF:
     Raises:
         ModelFormatError: the file is not a readable GGUF model.
     """
-    read_gguf_info(path)  # refuses non-GGUF and corrupt files with a clear message
-    from gguf import GGUFReader
+    from engine.export.extended_base import TIED_OUTPUT_KEY
 
-    reader = GGUFReader(str(path))
-    arch = field_value(reader, "general.architecture")
-    if field_value(reader, "general.type") == "adapter":
+    header, tensors = read_tensors(path)  # refuses non-GGUF and corrupt files clearly
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    if meta.get("general.type") == "adapter":
         raise ModelFormatError(f"{path} is a LoRA adapter GGUF, not a base model")
-    n_head = int(field_value(reader, f"{arch}.attention.head_count"))
-    shapes = {}
-    for tensor in reader.tensors:
-        ne = [int(x) for x in tensor.shape]
-        if len(ne) == 2:
-            shapes[tensor.name] = (ne[1], ne[0])  # ggml lists (in, out)
+    n_head = int(meta[f"{arch}.attention.head_count"])
+    shapes = {name: (tensor.shape[1], tensor.shape[0]) for name, tensor in tensors.items()
+              if len(tensor.shape) == 2}  # ggml lists (in, out)
     return BaseGGUF(
-        path=path, arch=arch, n_blocks=int(field_value(reader, f"{arch}.block_count")),
-        n_head=n_head,
-        n_head_kv=int(field_value(reader, f"{arch}.attention.head_count_kv") or n_head),
-        shapes=shapes, name=str(field_value(reader, "general.name") or path.name))
+        path=path, arch=arch, n_blocks=int(meta[f"{arch}.block_count"]), n_head=n_head,
+        n_head_kv=int(meta.get(f"{arch}.attention.head_count_kv") or n_head),
+        shapes=shapes, name=str(meta.get("general.name") or path.name), tensors=tensors,
+        tied_output=bool(meta.get(TIED_OUTPUT_KEY)))
 
 
 def inexpressible(adapter: LoraAdapter) -> list[str]:
@@ -81,12 +90,171 @@ def inexpressible(adapter: LoraAdapter) -> list[str]:
         problems.append("DoRA (use_dora = true): llama.cpp has no weight-decomposed LoRA")
     if adapter.config.get("lora_bias"):
         problems.append("LoRA biases (lora_bias = true)")
-    names = sorted(adapter.other_tensors)
+    _, names = _row_sources(adapter)
     if names:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        problems.append(f"tensors outside LoRA pairs (trainable token rows, modules_to_save or "
-                        f"embedding LoRA): {shown}")
+        problems.append(f"tensors outside LoRA pairs and token rows (modules_to_save of other "
+                        f"layers, embedding LoRA): {shown}")
     return problems
+
+
+# Most rows a row LoRA carries: its one-hot factors are n_vocab x rows floats each (SmolLM2:
+# 50 MB per 256 rows, half the Q4_1 model), so a larger change is better as a merged GGUF.
+MAX_TOKEN_ROWS = 256
+# A row counts as unchanged when it matches the base this closely (float32 round-off).
+UNCHANGED_ROW_ATOL = 1e-6
+_DELTA_KEY = re.compile(r"^(?P<module>.+)\.token_adapter\.trainable_tokens_delta$")
+
+
+@dataclass
+class _RowSource:
+    module: str          # e.g. model.embed_tokens
+    values: np.ndarray   # trained rows (trainable tokens) or the whole trained matrix
+    ids: list[int] | None  # the rows of `values`; None: `values` is the whole matrix
+    kind: str            # "trainable tokens" or "modules_to_save"
+
+
+def _matches(module: str, key: str) -> bool:
+    return module == key or module.endswith("." + key)
+
+
+def _row_sources(adapter: LoraAdapter) -> tuple[list[_RowSource], list[str]]:
+    """The adapter's trained token rows, and the names of tensors that are not token rows."""
+    indices = adapter.config.get("trainable_token_indices") or {}
+    saved = adapter.config.get("modules_to_save") or []
+    sources, unknown = [], []
+    for name, value in sorted(adapter.other_tensors.items()):
+        match = _DELTA_KEY.match(name)
+        if match:
+            module = match["module"]
+            ids = indices if isinstance(indices, list) else next(
+                (v for k, v in indices.items() if _matches(module, k)), None)
+            if ids is not None and len(ids) == value.shape[0]:
+                sources.append(_RowSource(module, value, [int(i) for i in ids],
+                                          "trainable tokens"))
+                continue
+        module = name.removesuffix(".weight")
+        if name.endswith(".weight") and value.ndim == 2 and \
+                any(_matches(module, key) for key in saved):
+            sources.append(_RowSource(module, value, None, "modules_to_save"))
+            continue
+        unknown.append(name)
+    return sources, unknown
+
+
+def carries_token_rows(adapter_dir: Path) -> bool:
+    """Whether a PEFT dir holds trained token rows, read from its config and tensor names."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return bool(config.get("trainable_token_indices") or config.get("modules_to_save"))
+
+
+@dataclass
+class TokenRows:
+    """Trained rows of one base tensor: which rows, and how far each moved from the base."""
+
+    tensor: str          # token_embd.weight or output.weight
+    ids: np.ndarray      # (N,) token ids
+    deltas: np.ndarray   # (N, n_embd): trained row - base row
+    kind: str
+
+
+def token_rows(adapter: LoraAdapter, base: BaseGGUF) -> list[TokenRows]:
+    """The adapter's trained rows as deltas against the base GGUF's (dequantised) rows.
+
+    With a tied base (an extended base's output.weight copies token_embd), PEFT trainable
+    tokens on the input embedding move the output rows too; a modules_to_save copy of the
+    embedding does not (PEFT leaves the tied head on the original weight).
+
+    Raises:
+        ModelFormatError: the rows do not exist in the base (it needs the extended base), the
+            base ties its output to token_embd without an explicit output.weight, a row's
+            width differs, or more than MAX_TOKEN_ROWS rows changed.
+    """
+    from engine.export.extended_base import dequantized_rows
+
+    sources, _ = _row_sources(adapter)
+    if not sources:
+        return []
+    names = TensorNames(base.arch, base.n_blocks)
+    tensors = base.tensors
+    if "output.weight" not in tensors:
+        raise ModelFormatError(
+            f"the adapter {adapter.path} carries trained token rows, and {base.path.name} ties "
+            f"its output to token_embd: llama.cpp would apply the rows' LoRA to the output "
+            f"matmul too",
+            hint="run it on the extended base (engine.export.extended_base; the llamacpp "
+                 "backend builds it when it loads the adapter), or export a merged model: "
+                 "hyperlex export gguf --adapter DIR -o OUT.gguf")
+    by_tensor: dict[str, TokenRows] = {}
+    for source in sources:
+        target = names.gguf_tensor(source.module + ".weight")
+        if target not in ("token_embd.weight", "output.weight"):
+            raise ModelFormatError(f"the adapter {adapter.path} saves a trained copy of "
+                                   f"{source.module} (modules_to_save), which is neither the "
+                                   f"embedding nor the output head",
+                                   hint="export a merged model instead: hyperlex export gguf "
+                                        "--adapter DIR -o OUT.gguf")
+        rows = _changed_rows(adapter, base, tensors[target], source, dequantized_rows)
+        if rows is not None:
+            by_tensor[target] = TokenRows(target, rows[0], rows[1], source.kind)
+    embedding = by_tensor.get("token_embd.weight")
+    if base.tied_output and embedding is not None and embedding.kind == "trainable tokens" \
+            and "output.weight" not in by_tensor:
+        source = next(s for s in sources if s.kind == "trainable tokens")
+        rows = _changed_rows(adapter, base, tensors["output.weight"], source, dequantized_rows)
+        if rows is not None:
+            by_tensor["output.weight"] = TokenRows("output.weight", rows[0], rows[1],
+                                                   "trainable tokens (tied output)")
+    return list(by_tensor.values())
+
+
+def _changed_rows(adapter: LoraAdapter, base: BaseGGUF, tensor: Any, source: _RowSource,
+                  dequantized_rows: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    width, n_rows = int(tensor.shape[0]), int(tensor.shape[1])
+    values = source.values
+    if values.shape[1] != width:
+        raise ModelFormatError(f"the adapter {adapter.path} has rows of width {values.shape[1]} "
+                               f"for {tensor.name}, {base.path.name} has {width}")
+    if source.ids is None:
+        ids = np.arange(values.shape[0])
+    else:
+        ids = np.asarray(source.ids, dtype=np.int64)
+    if len(ids) and int(ids.max()) >= n_rows:
+        raise ModelFormatError(
+            f"the adapter {adapter.path} trains token rows up to id {int(ids.max())}, but "
+            f"{base.path.name} has {n_rows} rows in {tensor.name}",
+            hint="run it on the base extended with the adapter's tokenizer (the llamacpp "
+                 "backend builds it when it loads the adapter dir), or export a merged model: "
+                 "hyperlex export gguf --adapter DIR -o OUT.gguf")
+    deltas = values - dequantized_rows(tensor, ids)
+    changed = np.abs(deltas).max(axis=1) > UNCHANGED_ROW_ATOL
+    if not changed.any():
+        return None
+    if int(changed.sum()) > MAX_TOKEN_ROWS:
+        raise ModelFormatError(
+            f"the adapter {adapter.path} changed {int(changed.sum())} rows of {tensor.name} "
+            f"({source.kind}); a GGUF LoRA carries at most {MAX_TOKEN_ROWS}",
+            hint="export a merged model instead: hyperlex export gguf --adapter DIR -o OUT.gguf")
+    return ids[changed], deltas[changed].astype(np.float32)
+
+
+def row_lora_tensors(rows: list[TokenRows], alpha: float, n_vocab: int
+                     ) -> dict[str, np.ndarray]:
+    """GGUF LoRA pairs that add each row's delta exactly (see the module docstring)."""
+    tensors = {}
+    for entry in rows:
+        rank = len(entry.ids)
+        fold = rank / alpha if alpha else 1.0  # llama.cpp multiplies by alpha / rank
+        one_hot = np.zeros((n_vocab, rank), np.float32)
+        one_hot[entry.ids, np.arange(rank)] = 1.0
+        scaled = entry.deltas * np.float32(fold)
+        if entry.tensor == "token_embd.weight":
+            tensors["token_embd.weight.lora_a"] = one_hot
+            tensors["token_embd.weight.lora_b"] = np.ascontiguousarray(scaled.T)
+        else:
+            tensors["output.weight.lora_a"] = np.ascontiguousarray(scaled)
+            tensors["output.weight.lora_b"] = one_hot
+    return tensors
 
 
 @dataclass
@@ -98,10 +266,12 @@ class LoraExport:
     alpha: float
     permuted: list[str]
     base: str
+    token_rows: dict[str, int] = field(default_factory=dict)  # GGUF tensor -> rows carried
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "tensors": self.tensors, "alpha": self.alpha,
-                "permuted_modules": len(self.permuted), "base": self.base}
+                "permuted_modules": len(self.permuted), "base": self.base,
+                "token_rows": self.token_rows}
 
 
 def lora_tensors(adapter: LoraAdapter, base: BaseGGUF, *, permute: bool = True
@@ -149,13 +319,14 @@ def export_gguf_lora(adapter_dir: Path, base_gguf: Path, out: Path, *, permute: 
 
     Args:
         adapter_dir: the PEFT adapter dir.
-        base_gguf: the GGUF of the base model it will run on (for names, shapes and heads).
+        base_gguf: the GGUF of the base model it will run on (for names, shapes and heads);
+            for an adapter with trained token rows, the extended base that has those rows.
         out: the .gguf file to write (written to a temp name, then renamed).
         permute: apply the RoPE row permutation to q/k lora_B; False only to show the trap.
 
     Raises:
         ModelFormatError: the adapter holds something GGUF LoRA cannot express, or does not
-            fit the base.
+            fit the base (token rows past its vocabulary included).
     """
     import gguf
 
@@ -168,6 +339,10 @@ def export_gguf_lora(adapter_dir: Path, base_gguf: Path, out: Path, *, permute: 
             hint="export a merged model instead: hyperlex export gguf --adapter DIR -o OUT.gguf")
     base = read_base_gguf(base_gguf)
     tensors, permuted = lora_tensors(adapter, base, permute=permute)
+    rows = token_rows(adapter, base)
+    if rows:
+        n_vocab = base.shapes["token_embd.weight"][0]
+        tensors.update(row_lora_tensors(rows, adapter.alpha, n_vocab))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
@@ -189,4 +364,5 @@ def export_gguf_lora(adapter_dir: Path, base_gguf: Path, out: Path, *, permute: 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return LoraExport(path=out, tensors=len(tensors), alpha=adapter.alpha, permuted=permuted,
-                      base=str(base_gguf))
+                      base=str(base_gguf),
+                      token_rows={entry.tensor: len(entry.ids) for entry in rows})

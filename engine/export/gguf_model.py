@@ -173,7 +173,7 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
                       tensors: dict[str, np.ndarray], tokens: list[str], special: list[bool],
                       keep_quantized: bool) -> GGUFExport:
     import gguf
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFReader
 
     read_gguf_info(base_gguf)
     reader = GGUFReader(str(base_gguf))
@@ -217,19 +217,11 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
 
     def build(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, arch)
-        replaced = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
-                    f"{arch}.vocab_size"}
-        for fld in reader.fields.values():
-            if fld.name.startswith("GGUF.") or fld.name == "general.architecture":
-                continue
-            if fld.name in replaced and changed_vocab:
-                continue
-            if fld.name == "general.file_type" and not keep_quantized:
-                writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-                continue
-            value_type = fld.types[0]
-            sub_type = fld.types[-1] if value_type == GGUFValueType.ARRAY else None
-            writer.add_key_value(fld.name, fld.contents(), value_type, sub_type=sub_type)
+        skip = vocabulary_keys(arch) if changed_vocab else set()
+        if not keep_quantized:
+            skip.add("general.file_type")
+            writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        copy_metadata(reader, writer, skip=skip)
         if changed_vocab:
             writer.add_token_list(all_tokens)
             writer.add_token_types(token_types)
@@ -250,6 +242,25 @@ def _export_over_base(model_dir: Path, out: Path, base_gguf: Path, arch: str,
     _write(out, build)
     return GGUFExport(path=out, tensors=len(plan), rewritten=rewritten, added_tokens=added,
                       vocab_size=len(all_tokens), base=str(base_gguf))
+
+
+def vocabulary_keys(arch: str) -> set[str]:
+    """The metadata keys that describe the vocabulary (rewritten when tokens are added)."""
+    return {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
+            f"{arch}.vocab_size"}
+
+
+def copy_metadata(reader: Any, writer: Any, *, skip: set[str]) -> None:
+    """Copy a GGUFReader's metadata into a GGUFWriter, except the keys in `skip`."""
+    from gguf import GGUFValueType
+
+    for fld in reader.fields.values():
+        if fld.name.startswith("GGUF.") or fld.name == "general.architecture" or \
+                fld.name in skip:
+            continue
+        value_type = fld.types[0]
+        sub_type = fld.types[-1] if value_type == GGUFValueType.ARRAY else None
+        writer.add_key_value(fld.name, fld.contents(), value_type, sub_type=sub_type)
 
 
 def _plan_tensor(tensor: Any, new: np.ndarray) -> tuple[tuple[str, Any, Any], bool]:

@@ -4,9 +4,15 @@
 - LoRA adapters are loaded once with the low-level `llama_adapter_lora_init` and switched per
   request with `llama_set_adapters_lora` (several at once, each with a scale); the base weights
   are never reloaded. llama-cpp-python's `Llama(lora_path=...)` can only fix one at load time.
+- Adapters trained with hypertokens (trained token rows, an extended tokenizer) run on the
+  extended base (engine.export.extended_base): the base GGUF with their tokens appended, built
+  once and cached. Loading the first such adapter reloads the model once onto it; base chat then
+  runs there with no adapter active, and adapters with the same vocabulary share it. Their
+  trained rows travel in the adapter's GGUF LoRA, exactly (engine.export.gguf_lora).
 - The KV cache is reused across chat turns: llama-cpp-python keeps the evaluated tokens and only
-  evaluates the new suffix. Switching adapters invalidates it, since the cached keys and values
-  were computed with the other weights.
+  evaluates the new suffix. The cached keys and values belong to one adapter choice, so a switch
+  sets the cache aside for that choice (the few most recent choices keep theirs) and picks up
+  the new choice's own; going back to a prompt an adapter has already read costs one token.
 - JSON-schema-constrained output goes through llama.cpp grammars.
 
 The GGUF header is checked before llama.cpp sees the file, since llama.cpp may abort the whole
@@ -21,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,11 @@ from engine.inference.streaming import StopScanner
 from engine.models import file_sha256, gguf_path, read_gguf_info
 from engine.paths import dirs
 
+# Adapter choices whose KV cache is kept aside while another choice runs. Each holds the keys
+# and values of the tokens it read (SmolLM2: 23 KB a token, 47 MB for a full 2048 context).
+CACHED_CHOICES = 4
+ROW_LORA_FORMAT = "rows/1"  # part of the cache key of row-carrying GGUF LoRAs
+
 
 def import_llama_cpp() -> Any:
     """The llama_cpp module, or an error that says how to install it."""
@@ -60,27 +72,49 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model_file: Path, *, n_ctx: int = 2048, threads: int = 0, seed: int = 0,
-                 system_prompt: str = ""):
+                 system_prompt: str = "", progress: Any = None):
+        """Load a GGUF model.
+
+        Args:
+            model_file: the base GGUF; adapters are exported against it.
+            n_ctx: the context window.
+            threads: CPU threads; 0 for half the logical CPUs.
+            seed: the sampling seed.
+            system_prompt: put before chats that have no system message.
+            progress: called with (stage, done, total) while an extended base is built.
+        """
         self._llama_cpp = import_llama_cpp()
-        read_gguf_info(model_file)
-        self.model_file = Path(model_file)
+        self._base_vocab = int(read_gguf_info(model_file)["vocab_size"] or 0)
+        self.base_file = Path(model_file)
+        self.model_file = self.base_file  # what is loaded: the base, or its extended base
         self.system_prompt = system_prompt
         self.n_ctx = n_ctx
+        self.progress = progress
+        self._seed = seed
         self._closed = False
         # 0: llama-cpp-python's own default, half the logical CPUs. Using every CPU looks
         # faster on an idle machine, but llama.cpp's spinning thread pool collapses when other
         # work shares the cores: measured 27 tok/s on 1 thread vs 1-6 tok/s on 2 threads for
         # SmolLM2 on a busy 2-core machine.
-        threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        self._threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora_p
+        self._adapter_files: dict[str, Path] = {}  # name -> its GGUF LoRA (to reload it)
+        self._vocabularies: dict[str, str] = {}  # name -> key of the extended base it needs
+        self._active: dict[str, float] = {}
+        # adapter choice -> (token ids, KV bytes of sequence 0, their size)
+        self._kv_cache: OrderedDict[tuple[tuple[str, float], ...], tuple[Any, Any, int]] = \
+            OrderedDict()
+        self._open(self.base_file)
+
+    def _open(self, model_file: Path) -> None:
         try:
             self.llama = self._llama_cpp.Llama(
-                model_path=str(model_file), n_ctx=n_ctx, seed=seed, verbose=False,
-                n_threads=threads, n_threads_batch=threads)
+                model_path=str(model_file), n_ctx=self.n_ctx, seed=self._seed, verbose=False,
+                n_threads=self._threads, n_threads_batch=self._threads)
         except ValueError as exc:
             raise ModelFormatError(f"llama.cpp could not load {model_file}: {exc}") from exc
+        self.model_file = Path(model_file)
         self._formatter = self._chat_formatter()
-        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora_p
-        self._active: dict[str, float] = {}
 
     @classmethod
     def from_profile(cls, profile: Any) -> LlamaCppBackend:
@@ -149,36 +183,103 @@ class LlamaCppBackend:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a LoRA once: a GGUF LoRA file, or a PEFT dir (exported to GGUF and cached).
 
+        A PEFT dir trained with hypertokens moves the model onto the extended base first (built
+        and cached on first use; a reload only when another model is loaded).
+
         Raises:
             ModelNotFoundError: no such file or dir.
-            ModelFormatError: the adapter does not fit this model (shapes named) or is corrupt.
+            ModelFormatError: the adapter does not fit this model (shapes named), is corrupt, or
+                needs another vocabulary than the adapters already loaded.
         """
         path = Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"adapter {path} does not exist")
-        gguf_file = path if path.is_file() else self._gguf_lora_for(path)
-        check_gguf_lora(gguf_file, self.model_file)
+        if path.is_file():
+            gguf_file, model_file, vocabulary = path, self.model_file, None
+        else:
+            extended = self._extended_base_for(name, path)
+            model_file = extended.path if extended is not None else self.model_file
+            vocabulary = extended.key if extended is not None else None
+            gguf_file = self._gguf_lora_for(path, extended)
+        check_gguf_lora(gguf_file, model_file)
         if name in self._adapters:
             self.unload_adapter(name)
+        if model_file != self.model_file:
+            self._reopen(model_file)
+        self._adapters[name] = self._init_adapter(gguf_file)
+        self._adapter_files[name] = gguf_file
+        if vocabulary is not None:
+            self._vocabularies[name] = vocabulary
+
+    def _init_adapter(self, gguf_file: Path) -> Any:
         handle = self._llama_cpp.llama_adapter_lora_init(self.llama._model.model,
                                                          str(gguf_file).encode("utf-8"))
         if not handle:
             raise ModelFormatError(f"llama.cpp could not load the LoRA {gguf_file} onto "
                                    f"{self.model_file.name}")
-        self._adapters[name] = handle
+        return handle
 
-    def _gguf_lora_for(self, adapter_dir: Path) -> Path:
-        """The GGUF LoRA of a PEFT dir for this base, exported once into the cache."""
+    def _extended_base_for(self, name: str, adapter_dir: Path) -> Any:
+        """The extended base a PEFT dir needs, or None when it runs on the base as it is.
+
+        Raises:
+            ModelFormatError: other loaded adapters need another vocabulary.
+        """
+        from engine.export.extended_base import AddedVocabulary, extended_base
+        from engine.export.gguf_lora import carries_token_rows
+
+        vocabulary = AddedVocabulary.from_adapter(adapter_dir, self._base_vocab)
+        if vocabulary is None and not carries_token_rows(adapter_dir):
+            return None
+        extended = extended_base(self.base_file, vocabulary, progress=self.progress)
+        others = sorted(other for other, key in self._vocabularies.items()
+                        if other != name and key != extended.key)
+        if others:
+            raise ModelFormatError(
+                f"adapter {adapter_dir} was trained with another vocabulary "
+                f"({extended.n_vocab} tokens, {len(extended.added)} added) than the loaded "
+                f"adapters {', '.join(others)}",
+                hint="load adapters trained with the same hypertokens together, or unload "
+                     "the others first")
+        return extended
+
+    def _reopen(self, model_file: Path) -> None:
+        """Load another GGUF (the extended base) and re-attach every loaded adapter to it.
+
+        Raises:
+            ModelFormatError: a loaded adapter does not fit the new model (nothing changes).
+        """
+        for file in self._adapter_files.values():
+            check_gguf_lora(file, model_file)
+        active = self._active
+        for handle in self._adapters.values():
+            self._llama_cpp.llama_adapter_lora_free(handle)
+        self._adapters = {}
+        self._kv_cache.clear()
+        self._active = {}
+        self.llama.close()
+        self._open(model_file)
+        for name, file in self._adapter_files.items():
+            self._adapters[name] = self._init_adapter(file)
+        self._apply(active)
+
+    def _gguf_lora_for(self, adapter_dir: Path, extended: Any = None) -> Path:
+        """The GGUF LoRA of a PEFT dir, exported once into the cache: against the base, or
+        with its token rows against the extended base it needs."""
         from engine.export.gguf_lora import export_gguf_lora
 
         digest = hashlib.sha256()
         for file in sorted(adapter_dir.glob("adapter_*")):
             digest.update(file.name.encode())
             digest.update(file_sha256(file).encode())
-        digest.update(file_sha256(self.model_file).encode())
+        if extended is not None:
+            digest.update(f"{ROW_LORA_FORMAT}:{extended.key}".encode())
+        else:
+            digest.update(file_sha256(self.base_file).encode())
         target = dirs().cache / "gguf-lora" / f"{digest.hexdigest()[:16]}.gguf"
         if not target.is_file():
-            export_gguf_lora(adapter_dir, self.model_file, target)
+            export_gguf_lora(adapter_dir, extended.path if extended is not None
+                             else self.base_file, target)
         return target
 
     def unload_adapter(self, name: str) -> None:
@@ -187,6 +288,10 @@ class LlamaCppBackend:
             return
         if name in self._active:
             self._apply({k: v for k, v in self._active.items() if k != name})
+        for choice in [c for c in self._kv_cache if name in dict(c)]:
+            del self._kv_cache[choice]
+        self._adapter_files.pop(name, None)
+        self._vocabularies.pop(name, None)
         self._llama_cpp.llama_adapter_lora_free(handle)
 
     def set_active(self, choice: AdapterChoice) -> None:
@@ -195,7 +300,7 @@ class LlamaCppBackend:
 
     def _apply(self, weights: dict[str, float]) -> None:
         if weights == self._active:
-            return
+            return  # the same choice: its KV cache stays as it is
         llama_cpp = self._llama_cpp
         count = len(weights)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(count, 1))(
@@ -204,8 +309,39 @@ class LlamaCppBackend:
         if llama_cpp.llama_set_adapters_lora(self.llama._ctx.ctx, handles if count else None,
                                              count, scales if count else None):
             raise ModelFormatError(f"llama.cpp refused the adapters {list(weights)}")
+        self._set_cache_aside()
         self._active = dict(weights)
-        self.llama.reset()  # cached keys/values were computed with the other adapters
+        self._take_cache_back()
+
+    def _set_cache_aside(self) -> None:
+        """Keep the active choice's evaluated tokens and their keys/values for a later switch."""
+        llama, llama_cpp = self.llama, self._llama_cpp
+        count = int(llama.n_tokens)
+        if count == 0:
+            return
+        size = int(llama_cpp.llama_state_seq_get_size(llama._ctx.ctx, 0))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(llama._ctx.ctx, buffer, size, 0))
+        if written == 0:
+            return
+        choice = tuple(sorted(self._active.items()))
+        self._kv_cache[choice] = (llama.input_ids[:count].copy(), buffer, written)
+        self._kv_cache.move_to_end(choice)
+        while len(self._kv_cache) > CACHED_CHOICES:
+            self._kv_cache.popitem(last=False)
+
+    def _take_cache_back(self) -> None:
+        """Restore the new choice's own KV cache, or start it empty."""
+        llama, llama_cpp = self.llama, self._llama_cpp
+        kept = self._kv_cache.pop(tuple(sorted(self._active.items())), None)
+        if kept is not None:
+            tokens, buffer, size = kept
+            if int(llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, size, 0)) == size:
+                llama.input_ids[:len(tokens)] = tokens
+                llama.n_tokens = len(tokens)
+                llama._requires_eval = True  # restored keys: the next decode refreshes logits
+                return
+        llama.reset()  # the cached keys/values were computed with the other adapters
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -319,28 +455,32 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     Raises:
         ModelFormatError: not a LoRA GGUF, another architecture, or shapes that differ.
     """
-    from engine.export.gguf_layout import field_value
+    from engine.export.gguf_layout import read_tensors
     from engine.export.gguf_lora import read_base_gguf
 
-    read_gguf_info(adapter_file)
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(adapter_file))
-    if field_value(reader, "general.type") != "adapter":
+    header, tensors = read_tensors(adapter_file)
+    kind = header.metadata.get("general.type")
+    if kind != "adapter":
         raise ModelFormatError(f"{adapter_file} is not a LoRA adapter GGUF "
-                               f"(general.type = {field_value(reader, 'general.type')!r})")
+                               f"(general.type = {kind!r})")
     base = read_base_gguf(model_file)
-    arch = field_value(reader, "general.architecture")
+    arch = header.metadata.get("general.architecture")
     if arch != base.arch:
         raise ModelFormatError(f"the adapter {adapter_file.name} is for a {arch} model, "
                                f"{model_file.name} is {base.arch}")
     problems = []
-    for tensor in reader.tensors:
+    for tensor in tensors.values():
         target, _, kind = tensor.name.rpartition(".")
         ne = [int(x) for x in tensor.shape]
         have = base.shapes.get(target)
         if have is None:
             problems.append(f"{target}: not in {model_file.name}")
+        elif target == "token_embd.weight":  # token rows: lora_a (vocab x r), lora_b (embd x r)
+            if kind == "lora_a" and ne[1] != have[0]:
+                problems.append(f"token rows for a vocabulary of {ne[1]}, {model_file.name} "
+                                f"has {have[0]} tokens")
+            elif kind == "lora_b" and ne[1] != have[1]:
+                problems.append(f"token rows of width {ne[1]}, base {have[1]}")
         elif kind == "lora_a" and ne[0] != have[1]:
             problems.append(f"{target}: adapter input size {ne[0]}, base {have[0]}x{have[1]}")
         elif kind == "lora_b" and ne[1] != have[0]:

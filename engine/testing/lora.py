@@ -112,3 +112,35 @@ def train_lora_with_tokens(model_dir: Path, out: Path, new_tokens: Sequence[str]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return Path(out)
+
+
+def random_lora_with_rows(model_dir: Path, out: Path, hypertokenizer: object, *, r: int = 8,
+                          alpha: float = 16, std: float = 0.05, row_std: float = 0.05,
+                          targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                          seed: int = 0) -> Path:
+    """A random adapter with hypertoken rows, saved as training saves one (PEFT trainable tokens
+    plus the hypertokenizer): the base is resized as in training, lora_B is random and each
+    new row moves `row_std` away from its mean-of-spelling start."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.tokenizer import new_rows_peft_kwargs, resize_embeddings
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    resize_embeddings(model, hypertokenizer)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
+                        task_type="CAUSAL_LM",
+                        **new_rows_peft_kwargs(model, hypertokenizer, "trainable_tokens"))
+    model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+            elif "trainable_tokens_delta" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * row_std)
+    model.save_pretrained(out, save_embedding_layers=False)
+    hypertokenizer.save(out)  # type: ignore[attr-defined]
+    return Path(out)

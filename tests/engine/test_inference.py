@@ -167,8 +167,8 @@ def test_json_schema_constrains_the_answer(llama_backend):
     assert json.loads(result.text)["register"] in ("logic", "emotion")
 
 
-def test_kv_cache_is_reused_across_chat_turns_and_dropped_on_adapter_switch(llama_backend):
-    from engine.inference.turn import AdapterRef, ChatTurn, Conversation, Target
+def test_kv_cache_is_reused_across_chat_turns_and_kept_per_adapter_choice(llama_backend):
+    from engine.inference.turn import ChatTurn, Conversation
 
     evaluated: list[int] = []
     original = llama_backend.llama.eval
@@ -185,10 +185,31 @@ def test_kv_cache_is_reused_across_chat_turns_and_dropped_on_adapter_switch(llam
         second = session.send("second turn").result
         first_call = evaluated[0]
         assert first_call <= second.prompt_tokens - 10  # the first turn came from the cache
-        session.target = Target.of(AdapterRef("a"))
-        evaluated.clear()
-        third = session.send("third turn").result
-        assert evaluated[0] == third.prompt_tokens  # another adapter: evaluated from scratch
+        history = [*session.history, {"role": "user", "content": "third turn"}]
+        longer = GenerationRequest(messages=history, max_tokens=4)
+        prompt = llama_backend.prompt_tokens(longer)
+        answers = {}
+        for choice in ("base", "b"):  # base continues its cache; b reads the history anew
+            llama_backend.set_active(choice)
+            evaluated.clear()
+            answers[choice] = llama_backend.generate(longer).text
+        assert evaluated[0] >= len(prompt) // 2
+        assert answers["base"] != answers["b"]
+        for choice in ("base", "b"):  # back to each: its cache was set aside, not thrown away
+            llama_backend.set_active(choice)
+            evaluated.clear()
+            assert llama_backend.generate(longer).text == answers[choice]
+            assert evaluated[0] == 1
+        one = GenerationRequest(messages=history, max_tokens=1)
+        first = {}
+        for choice in ("base", "b"):
+            llama_backend.set_active(choice)
+            first[choice] = llama_backend.generate(one).text
+        for choice in ("base", "b"):  # the very prompt it read: one token replayed for logits
+            llama_backend.set_active(choice)
+            evaluated.clear()
+            assert llama_backend.generate(one).text == first[choice]
+            assert evaluated == [1]
     finally:
         llama_backend.llama.eval = original
 
