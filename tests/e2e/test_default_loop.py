@@ -49,8 +49,32 @@ def assert_carries_hypertoken_rows(adapter_dir: Path) -> None:
         assert any("trainable_tokens" in key for key in handle.keys()), list(handle.keys())
 
 
+def cached_files() -> dict[str, float]:
+    """The extended bases and GGUF LoRAs in the cache, with their modification times."""
+    from engine.paths import dirs
+
+    cache = dirs().cache
+    return {str(path.relative_to(cache)): path.stat().st_mtime
+            for folder in ("extended-base", "gguf-lora") for path in (cache / folder).glob("*.gguf")}
+
+
 @pytest.fixture
-def daemon(hyperlex_home):
+def fresh_home(tmp_path, monkeypatch):
+    """A home of its own, whose cache shares only the converted base model (30 s to build):
+    extended bases and GGUF LoRAs are built here from nothing, as on a new machine."""
+    from tests.conftest import _SESSION_CACHE
+
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    shared = _SESSION_CACHE / "cache" / "converted"
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache" / "converted").symlink_to(shared, target_is_directory=True)
+    monkeypatch.setenv("HYPERLEX_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def daemon(fresh_home):
     started = hyperlex("daemon", "start", "--profile", "default", timeout=120)
     assert started.returncode == 0, started.stderr
     yield
@@ -80,6 +104,7 @@ def test_train_on_default_then_chat_with_that_adapter_through_the_daemon(daemon)
     assert first["text"].strip() and first["tokens"] > 0
     assert first["adapter"] == f"job-{job['id']}" and first["backend"] == "llamacpp"
     assert later["text"] == first["text"]  # greedy: the same adapter gives the same answer
+    assert later_use < first_use  # built once: the later chat found it all loaded
     assert base["adapter"] == "base"
     with_status = last_json(hyperlex("daemon", "status", "--json"))
     models = with_status.get("models") or with_status.get("daemon", {}).get("models")
@@ -88,7 +113,7 @@ def test_train_on_default_then_chat_with_that_adapter_through_the_daemon(daemon)
     assert models["loads"] == 1  # switching adapter <-> base never reloaded the model
 
 
-def test_train_on_default_then_chat_with_that_adapter_in_process(tmp_path):
+def test_train_on_default_then_chat_with_that_adapter_in_process(fresh_home, tmp_path):
     run = last_json(hyperlex("train", "--profile", "default", "--max-steps", STEPS,
                              "--run-dir", str(tmp_path / "run"), "--json"))
     adapter_dir = Path(run["adapter_dir"])
@@ -97,6 +122,9 @@ def test_train_on_default_then_chat_with_that_adapter_in_process(tmp_path):
     answer = last_json(hyperlex("chat", "--profile", "default", "--adapter", str(adapter_dir),
                                 "--max-tokens", "32", "--json", PROMPT))
     first_use = time.perf_counter() - started
+    built_after_first = cached_files()
+    assert any(name.startswith("extended-base/") for name in built_after_first)
+    assert any(name.startswith("gguf-lora/") for name in built_after_first)
     started = time.perf_counter()
     again = last_json(hyperlex("chat", "--profile", "default", "--adapter", str(adapter_dir),
                                "--max-tokens", "32", "--json", PROMPT))
@@ -105,4 +133,6 @@ def test_train_on_default_then_chat_with_that_adapter_in_process(tmp_path):
           f"first use {first_use:.1f} s, later use {later_use:.1f} s (caches warm)")
     assert answer["backend"] == "llamacpp" and answer["text"].strip()
     assert answer["adapter"] == "adapter" and again["text"] == answer["text"]
-    assert later_use < first_use  # the extended base and the GGUF LoRA came from the cache
+    # The second chat built nothing: the extended base and the GGUF LoRA came from the cache.
+    assert built_after_first == cached_files()
+    assert later_use < first_use
