@@ -181,8 +181,10 @@ def reload_times(model_file: Path, lora_files: list[Path | None], threads: int, 
 
         def load(lora: Path | None = lora) -> None:
             extra = {"lora_path": str(lora)} if lora is not None else {}
+            # n_threads_batch as the backend sets it: left alone it is every CPU, and the
+            # prompt's evaluation then swings from 0.2 s to 8 s with the machine's other load
             llama = llama_cpp.Llama(model_path=str(model_file), n_ctx=512, verbose=False,
-                                    n_threads=threads, **extra)
+                                    n_threads=threads, n_threads_batch=threads, **extra)
             llama.create_completion(prompt, max_tokens=1, temperature=0.0)
             llama.close()
 

@@ -460,6 +460,14 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     if arch != base.arch:
         raise ModelFormatError(f"the adapter {adapter_file.name} is for a {arch} model, "
                                f"{model_file.name} is {base.arch}")
+    if "output.weight" not in base.shapes and "token_embd.weight.lora_a" in tensors:
+        # A tied output is the tensor named token_embd.weight: llama.cpp would apply the rows'
+        # LoRA to the output matmul as well, in the wrong layout, and abort the process.
+        raise ModelFormatError(
+            f"the adapter {adapter_file.name} carries token rows, and {model_file.name} ties its "
+            f"output to token_embd, which llama.cpp cannot combine",
+            hint="load the PEFT adapter dir instead (it runs on the extended base, which has "
+                 "its own output.weight), or export a merged model with `hyperlex export gguf`")
     problems = []
     for tensor in tensors.values():
         target, _, kind = tensor.name.rpartition(".")
