@@ -21,7 +21,8 @@ TEXTS = [
     "the river <|link|> remembers <|marker|> every stone <|field:mood|>",
 ]
 ROW_NOISE = 0.2  # the tiny model's rows are about 0.02; this moves them well away
-COSINE_BAR = 0.99
+COSINE_BAR = 0.99  # the bar of the parity tests (SmolLM2 on Q4_1)
+TINY_COSINE_BAR = 0.9999  # float32 GGUFs on both sides: only summation order differs
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,7 +124,8 @@ def test_hypertoken_adapter_on_llamacpp_matches_transformers_and_peft(work, arch
         assert llama.model_file != base  # it serves the extended base
         for choice in ("x", "base"):
             figures = compare(hf, llama, choice)
-            assert figures["min_cosine"] >= COSINE_BAR, (choice, figures)
+            print(f"\n{arch} {rows} {choice}: {figures}")  # shown with -s
+            assert figures["min_cosine"] >= TINY_COSINE_BAR, (choice, figures)
             assert figures["same_top1"] == figures["positions"], (choice, figures)
     finally:
         llama.close()
