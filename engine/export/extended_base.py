@@ -189,7 +189,8 @@ def extended_base(base_gguf: Path, vocabulary: Any | None, *,
     out = (cache_dir or dirs().cache / "extended-base") / f"{key}.gguf"
     built = not out.is_file()
     if built:
-        spellings = {token.id: vocabulary.spelling_ids(token.text) for token in added}
+        spellings = {token.id: vocabulary.spelling_ids(token.text) for token in added} \
+            if vocabulary is not None else {}
         build_extended_base(base_gguf, tensors, added, spellings, out, progress=progress)
     return ExtendedBase(path=out, key=key, base=base_gguf, added=added, n_vocab=n_vocab,
                         tied_output=tied or untied_before, built=built)

@@ -43,7 +43,7 @@ class RawGGUF:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self.data: Any = np.memmap(self.path, dtype=np.uint8, mode="r")
         self._pos = 0
         if bytes(self.data[:4]) != b"GGUF" or self._take("<I", 4) not in (2, 3):
             raise ModelFormatError(f"{path} is not a GGUF file of version 2 or 3")
@@ -213,7 +213,7 @@ def rewrite(base: RawGGUF, out: Path | str, *, entries: list[bytes], drop: set[s
             handle.write(b"\0" * (_aligned(handle.tell() - data_start, base.alignment)
                                   - (handle.tell() - data_start)))
             for chunk in _chunks(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):
-                handle.write(memoryview(chunk))
+                handle.write(chunk.data)
 
 
 def _chunks(data: np.ndarray, size: int = 1 << 24) -> Iterator[np.ndarray]:
