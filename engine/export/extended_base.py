@@ -196,6 +196,24 @@ def extended_base(base_gguf: Path, vocabulary: Any | None, *,
                         tied_output=tied or untied_before, built=built)
 
 
+def extended_base_for(adapter_dir: Path, base_gguf: Path, *, progress: Progress | None = None
+                      ) -> ExtendedBase | None:
+    """The extended base a PEFT adapter dir needs on llama.cpp (built once), or None when it
+    runs on `base_gguf` as it is: it adds no token and carries no trained row.
+
+    Raises:
+        ModelFormatError: the base is not a readable GGUF model, or does not fit the tokenizer.
+    """
+    from engine.export.gguf_lora import carries_token_rows
+    from engine.models import read_gguf_info
+
+    base_vocab = int(read_gguf_info(Path(base_gguf))["vocab_size"] or 0)
+    vocabulary = AddedVocabulary.from_adapter(adapter_dir, base_vocab)
+    if vocabulary is None and not carries_token_rows(adapter_dir):
+        return None
+    return extended_base(base_gguf, vocabulary, progress=progress)
+
+
 def build_extended_base(base_gguf: Path, tensors: dict[str, Any], added: list[AddedToken],
                         spellings: dict[int, list[int]], out: Path, *,
                         progress: Progress | None = None) -> Path:

@@ -82,7 +82,7 @@ class LlamaCppBackend:
             progress: called with (stage, done, total) while an extended base is built.
         """
         self._llama_cpp = import_llama_cpp()
-        self._base_vocab = int(read_gguf_info(model_file)["vocab_size"] or 0)
+        read_gguf_info(model_file)
         self.base_file = Path(model_file)
         self.model_file = self.base_file  # what is loaded: the base, or its extended base
         self.system_prompt = system_prompt
@@ -217,13 +217,11 @@ class LlamaCppBackend:
         Raises:
             ModelFormatError: other loaded adapters need another vocabulary.
         """
-        from engine.export.extended_base import AddedVocabulary, extended_base
-        from engine.export.gguf_lora import carries_token_rows
+        from engine.export.extended_base import extended_base_for
 
-        vocabulary = AddedVocabulary.from_adapter(adapter_dir, self._base_vocab)
-        if vocabulary is None and not carries_token_rows(adapter_dir):
+        extended = extended_base_for(adapter_dir, self.base_file, progress=self.progress)
+        if extended is None:
             return None
-        extended = extended_base(self.base_file, vocabulary, progress=self.progress)
         others = sorted(other for other, key in self._vocabularies.items()
                         if other != name and key != extended.key)
         if others:

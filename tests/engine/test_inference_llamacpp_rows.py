@@ -392,3 +392,21 @@ def test_default_model_hypertoken_adapter_parity(tmp_path):
         assert q4["top1_agreement"] >= 0.9
         assert f32["all_min_cosine"] >= 0.999
         assert f32["top1_agreement"] >= 0.98  # near-ties aside, the same next token everywhere
+
+
+def test_export_run_writes_a_row_lora_next_to_the_extended_base(work, base_gguf, adapter):
+    """`python -m engine.export.run --format gguf-lora` (the daemon's export job) on an adapter
+    with hypertoken rows: the LoRA and the extended base it runs on, both named."""
+    from engine.export.run import parse_args, run
+    from engine.inference.llamacpp import LlamaCppBackend
+
+    done = run(parse_args(["--profile", "tiny-test", "--adapter", str(adapter),
+                           "--base", str(base_gguf), "--output", str(work / "run-rows.gguf")]))
+    assert done["token_rows"] == {"token_embd.weight": 15, "output.weight": 15}
+    llama = LlamaCppBackend(Path(done["extended_base"]), n_ctx=64, threads=1)
+    try:
+        llama.load_adapter("x", Path(done["path"]))  # the file as it is, on its base
+        llama.set_active("x")
+        assert llama.logits(llama.tokenize("<|scene|> the", special=True)).shape == (527,)
+    finally:
+        llama.close()
