@@ -28,6 +28,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model_file: Path, *, n_ctx: int = 2048, threads: int = 0, seed: int = 0,
-                 system_prompt: str = "", progress: Any = None):
+                 system_prompt: str = "",
+                 progress: Callable[[str, int, int], None] | None = None):
         """Load a GGUF model.
 
         Args:
