@@ -56,6 +56,12 @@ def timed(run: Any) -> float:
     return time.perf_counter() - started
 
 
+def answer(backend: Any, choice: Any, request: Any) -> Any:
+    """Switch to an adapter choice and generate (the switch takes effect with the answer)."""
+    backend.set_active(choice)
+    return backend.generate(request)
+
+
 def milliseconds_since(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
 
@@ -134,12 +140,10 @@ def switch_times(backend: Any, choices: tuple[str, str], repeats: int) -> dict[s
         backend.generate(warm_request)
     warm, cold = [], []
     for index in range(repeats):
-        warm.append(timed(lambda: (backend.set_active(choices[0]),
-                                   backend.generate(warm_request))))
+        warm.append(timed(lambda: answer(backend, choices[0], warm_request)))
         prompt = f"{COLD_OPENINGS[index % len(COLD_OPENINGS)]}, {PROMPT.lower()}"
         cold_request = GenerationRequest(prompt=prompt, max_tokens=1)
-        cold.append(timed(lambda request=cold_request: (backend.set_active(choices[1]),
-                                                         backend.generate(request))))
+        cold.append(timed(lambda request=cold_request: answer(backend, choices[1], request)))
     return {"warm_s": median(warm), "cold_s": median(cold),
             "cold_prompt_tokens": len(backend.tokenize(f"{COLD_OPENINGS[0]}, {PROMPT.lower()}",
                                                        add_bos=True))}
@@ -164,8 +168,8 @@ def chat_switch_times(backend: Any, choices: tuple[str, str], repeats: int
         for choice in (choices[1], choices[0]):
             question = GenerationRequest(prompt=f"{HISTORY}\nQuestion {index}: and then?",
                                          max_tokens=1)
-            switches.append(timed(lambda request=question, target=choice: (
-                backend.set_active(target), backend.generate(request))))
+            switches.append(timed(lambda request=question, target=choice: answer(
+                backend, target, request)))
     return {"switch_s": median(switches),
             "history_tokens": len(backend.tokenize(HISTORY, add_bos=True))}
 
@@ -180,9 +184,11 @@ def reload_times(model_file: Path, lora_files: list[Path | None], threads: int, 
         lora = lora_files[index % len(lora_files)]
 
         def load(lora: Path | None = lora) -> None:
-            extra = {"lora_path": str(lora)} if lora is not None else {}
+            extra: dict[str, Any] = {"lora_path": str(lora)} if lora is not None else {}
+            # n_threads_batch as the backend sets it: left alone it is every CPU, and the
+            # prompt's evaluation then swings from 0.2 s to 8 s with the machine's other load
             llama = llama_cpp.Llama(model_path=str(model_file), n_ctx=512, verbose=False,
-                                    n_threads=threads, **extra)
+                                    n_threads=threads, n_threads_batch=threads, **extra)
             llama.create_completion(prompt, max_tokens=1, temperature=0.0)
             llama.close()
 
@@ -339,7 +345,7 @@ def hypertoken_designs(args: argparse.Namespace, base_gguf: Path, model_dir: Pat
         details["first_use_load_adapter_s"] = timed(
             lambda: backend.load_adapter("h0", adapters[0]))
         first_use = details["first_use_load_adapter_s"] + timed(
-            lambda: (backend.set_active("h0"), backend.generate(first_token)))
+            lambda: answer(backend, "h0", first_token))
         backend.close()
         fresh: list[Any] = []
         details["later_use_new_backend_s"] = timed(lambda: fresh.append(
@@ -348,7 +354,7 @@ def hypertoken_designs(args: argparse.Namespace, base_gguf: Path, model_dir: Pat
         details["later_use_load_adapter_s"] = timed(
             lambda: later.load_adapter("h0", adapters[0]))
         later_use = details["later_use_load_adapter_s"] + timed(
-            lambda: (later.set_active("h0"), later.generate(first_token)))
+            lambda: answer(later, "h0", first_token))
         details["second_adapter_load_s"] = timed(lambda: later.load_adapter("h1", adapters[1]))
         switches = switch_times(later, ("h0", "h1"), args.repeats)
         later.close()

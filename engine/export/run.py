@@ -3,7 +3,8 @@
     python -m engine.export.run --profile P --adapter DIR [--format gguf-lora|merge|gguf]
         [--output PATH] [--base SPEC] [--run-dir DIR] --progress-jsonl
 
-Formats: `gguf-lora` (a GGUF LoRA next to the base GGUF; the default), `merge` (the adapter
+Formats: `gguf-lora` (a GGUF LoRA next to the base GGUF, or next to the extended base for an
+adapter with hypertoken rows, whose path the `done` event names; the default), `merge` (the adapter
 merged into its base, an HF safetensors dir) and `gguf` (a full GGUF model with added hypertokens
 kept). The output defaults to a file or dir in the run dir. With `--progress-jsonl`, stdout
 carries one JSON object a line: `{"event":"progress","stage":...}` as each stage starts,
@@ -59,12 +60,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_spec = args.base or profile.model.base
     gguf_spec = args.base or profile.model.gguf or profile.model.base
     if args.format == "gguf-lora":
+        from engine.export.extended_base import extended_base_for
         from engine.export.gguf_lora import export_gguf_lora
 
         emit({"event": "progress", "stage": "base-gguf", "done": 0, "total": 2})
         base_gguf = gguf_path(gguf_spec)
+        # An adapter with hypertoken rows runs on the extended base, built once and cached.
+        extended = extended_base_for(args.adapter, base_gguf)
         emit({"event": "progress", "stage": "gguf-lora", "done": 1, "total": 2})
-        data = export_gguf_lora(args.adapter, base_gguf, out).to_dict()
+        data = export_gguf_lora(args.adapter, extended.path if extended else base_gguf,
+                                out).to_dict()
+        if extended is not None:
+            data["extended_base"] = str(extended.path)
     elif args.format == "merge":
         emit({"event": "progress", "stage": "merge", "done": 0, "total": 1})
         data = {"path": str(merge_adapter(args.adapter, base_spec, out))}

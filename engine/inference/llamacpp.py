@@ -28,6 +28,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model_file: Path, *, n_ctx: int = 2048, threads: int = 0, seed: int = 0,
-                 system_prompt: str = "", progress: Any = None):
+                 system_prompt: str = "",
+                 progress: Callable[[str, int, int], None] | None = None):
         """Load a GGUF model.
 
         Args:
@@ -84,7 +86,7 @@ class LlamaCppBackend:
             progress: called with (stage, done, total) while an extended base is built.
         """
         self._llama_cpp = import_llama_cpp()
-        self._base_vocab = int(read_gguf_info(model_file)["vocab_size"] or 0)
+        read_gguf_info(model_file)
         self.base_file = Path(model_file)
         self.model_file = self.base_file  # what is loaded: the base, or its extended base
         self.system_prompt = system_prompt
@@ -225,13 +227,11 @@ class LlamaCppBackend:
         Raises:
             ModelFormatError: other loaded adapters need another vocabulary.
         """
-        from engine.export.extended_base import AddedVocabulary, extended_base
-        from engine.export.gguf_lora import carries_token_rows
+        from engine.export.extended_base import extended_base_for
 
-        vocabulary = AddedVocabulary.from_adapter(adapter_dir, self._base_vocab)
-        if vocabulary is None and not carries_token_rows(adapter_dir):
+        extended = extended_base_for(adapter_dir, self.base_file, progress=self.progress)
+        if extended is None:
             return None
-        extended = extended_base(self.base_file, vocabulary, progress=self.progress)
         others = sorted(other for other, key in self._vocabularies.items()
                         if other != name and key != extended.key)
         if others:
@@ -468,6 +468,14 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     if arch != base.arch:
         raise ModelFormatError(f"the adapter {adapter_file.name} is for a {arch} model, "
                                f"{model_file.name} is {base.arch}")
+    if "output.weight" not in base.shapes and "token_embd.weight.lora_a" in tensors:
+        # A tied output is the tensor named token_embd.weight: llama.cpp would apply the rows'
+        # LoRA to the output matmul as well, in the wrong layout, and abort the process.
+        raise ModelFormatError(
+            f"the adapter {adapter_file.name} carries token rows, and {model_file.name} ties its "
+            f"output to token_embd, which llama.cpp cannot combine",
+            hint="load the PEFT adapter dir instead (it runs on the extended base, which has "
+                 "its own output.weight), or export a merged model with `hyperlex export gguf`")
     problems = []
     for tensor in tensors.values():
         target, _, kind = tensor.name.rpartition(".")

@@ -133,14 +133,14 @@ def random_lora_with_rows(model_dir: Path, out: Path, hypertokenizer: object, *,
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
                         task_type="CAUSAL_LM",
                         **new_rows_peft_kwargs(model, hypertokenizer, "trainable_tokens"))
-    model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
             elif "trainable_tokens_delta" in name:
                 param.add_(torch.randn(param.shape, generator=generator) * row_std)
-    model.save_pretrained(out, save_embedding_layers=False)
+    peft_model.save_pretrained(out, save_embedding_layers=False)
     hypertokenizer.save(out)  # type: ignore[attr-defined]
     return Path(out)

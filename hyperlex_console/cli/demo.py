@@ -188,6 +188,7 @@ def _train(profile: Any, directory: Path, max_steps: int) -> dict[str, Any]:
 
 
 def _export(profile: Any, directory: Path) -> dict[str, Any]:
+    from engine.export.extended_base import extended_base_for
     from engine.export.gguf_lora import export_gguf_lora, inexpressible
     from engine.export.gguf_model import export_gguf
     from engine.export.merge import merge_adapter
@@ -204,11 +205,15 @@ def _export(profile: Any, directory: Path) -> dict[str, Any]:
                                "added_tokens": len(exported.added_tokens),
                                "vocab": exported.vocab_size}
     if base_gguf is not None and not inexpressible(read_adapter(adapter_dir)):
-        lora = export_gguf_lora(adapter_dir, base_gguf, directory / "adapter.gguf")
+        extended = extended_base_for(adapter_dir, base_gguf)  # for hypertoken rows
+        lora = export_gguf_lora(adapter_dir, extended.path if extended else base_gguf,
+                                directory / "adapter.gguf")
         figures["gguf_lora"] = str(lora.path)
+        if extended is not None:
+            figures["gguf_lora_base"] = str(extended.path)
     else:
-        figures["gguf_lora"] = "not written: the adapter trains token rows, which only the " \
-                               "merged GGUF carries"
+        figures["gguf_lora"] = "not written: the adapter holds what a GGUF LoRA cannot carry, " \
+                               "which only the merged GGUF does"
     return figures
 
 

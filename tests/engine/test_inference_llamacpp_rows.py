@@ -21,7 +21,8 @@ TEXTS = [
     "the river <|link|> remembers <|marker|> every stone <|field:mood|>",
 ]
 ROW_NOISE = 0.2  # the tiny model's rows are about 0.02; this moves them well away
-COSINE_BAR = 0.99
+COSINE_BAR = 0.99  # the bar of the parity tests (SmolLM2 on Q4_1)
+TINY_COSINE_BAR = 0.9999  # float32 GGUFs on both sides: only summation order differs
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,7 +124,8 @@ def test_hypertoken_adapter_on_llamacpp_matches_transformers_and_peft(work, arch
         assert llama.model_file != base  # it serves the extended base
         for choice in ("x", "base"):
             figures = compare(hf, llama, choice)
-            assert figures["min_cosine"] >= COSINE_BAR, (choice, figures)
+            print(f"\n{arch} {rows} {choice}: {figures}")  # shown with -s
+            assert figures["min_cosine"] >= TINY_COSINE_BAR, (choice, figures)
             assert figures["same_top1"] == figures["positions"], (choice, figures)
     finally:
         llama.close()
@@ -178,7 +180,8 @@ def test_tied_base_gets_an_explicit_output_and_a_row_lora_never_meets_a_tied_one
     from engine.export.gguf_lora import export_gguf_lora
     from engine.tokenizer import Hypertokenizer
 
-    plain = {t.name for t in GGUFReader(str(base_gguf)).tensors}
+    base_reader = GGUFReader(str(base_gguf))
+    plain = {t.name: t for t in base_reader.tensors}
     assert "output.weight" not in plain  # the tiny llama ties its head, as SmolLM2 does
     hypertokenizer = Hypertokenizer.load(adapter)
     extended = extended_base(base_gguf, hypertokenizer)
@@ -187,10 +190,53 @@ def test_tied_base_gets_an_explicit_output_and_a_row_lora_never_meets_a_tied_one
     assert field_value(reader, TIED_OUTPUT_KEY) is True
     assert np.array_equal(tensors["output.weight"].data, tensors["token_embd.weight"].data)
     assert extended.n_vocab == len(hypertokenizer) == tensors["token_embd.weight"].shape[1]
+    # Everything else is the base's, byte for byte; the vocabulary grew at its end.
+    vocabulary_keys = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "llama.vocab_size",
+                       "GGUF.kv_count", "GGUF.tensor_count"}
+    for key, entry in base_reader.fields.items():
+        if key not in vocabulary_keys:
+            assert reader.fields[key].contents() == entry.contents(), key
+    tokens = field_value(reader, "tokenizer.ggml.tokens")
+    assert tokens[:512] == field_value(base_reader, "tokenizer.ggml.tokens")
+    assert tokens[512:] == hypertokenizer.hypertokens
+    assert set(field_value(reader, "tokenizer.ggml.token_type")[512:]) == {3}  # control
+    for name, tensor in plain.items():
+        if name != "token_embd.weight":
+            assert np.array_equal(tensors[name].data, tensor.data), name
+    assert np.array_equal(tensors["token_embd.weight"].data[:512], plain["token_embd.weight"].data)
     # On the tied base, a token_embd LoRA would reach the output matmul and abort ggml: refused.
     with pytest.raises(ModelFormatError, match="ties its output") as caught:
         export_gguf_lora(adapter, base_gguf, work / "on-tied.gguf")
     assert "hyperlex export gguf" in (caught.value.hint or "")
+
+
+def test_a_row_lora_on_a_tied_base_is_refused_instead_of_aborting(work, base_gguf):
+    """Rows of the base's own size on a tied base: llama.cpp would run the token_embd LoRA in
+    the output matmul and abort the interpreter (ggml_can_mul_mat); it is refused first."""
+    import gguf
+
+    from engine.inference.llamacpp import LlamaCppBackend
+
+    rows_file = work / "rows-on-tied.gguf"
+    writer = gguf.GGUFWriter(str(rows_file), "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 2.0)
+    one_hot = np.zeros((512, 2), np.float32)
+    one_hot[[100, 200], [0, 1]] = 1.0
+    writer.add_tensor("token_embd.weight.lora_a", one_hot)
+    writer.add_tensor("token_embd.weight.lora_b", np.ones((64, 2), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    llama = LlamaCppBackend(base_gguf, n_ctx=64, threads=1)
+    try:
+        with pytest.raises(ModelFormatError, match="ties its"):
+            llama.load_adapter("rows", rows_file)
+        assert llama.logits([1, 2, 3]).shape == (512,)  # still alive, still serving
+    finally:
+        llama.close()
 
 
 def test_text_never_tokenizes_to_a_hypertoken_id(base_gguf, adapter):
@@ -346,3 +392,21 @@ def test_default_model_hypertoken_adapter_parity(tmp_path):
         assert q4["top1_agreement"] >= 0.9
         assert f32["all_min_cosine"] >= 0.999
         assert f32["top1_agreement"] >= 0.98  # near-ties aside, the same next token everywhere
+
+
+def test_export_run_writes_a_row_lora_next_to_the_extended_base(work, base_gguf, adapter):
+    """`python -m engine.export.run --format gguf-lora` (the daemon's export job) on an adapter
+    with hypertoken rows: the LoRA and the extended base it runs on, both named."""
+    from engine.export.run import parse_args, run
+    from engine.inference.llamacpp import LlamaCppBackend
+
+    done = run(parse_args(["--profile", "tiny-test", "--adapter", str(adapter),
+                           "--base", str(base_gguf), "--output", str(work / "run-rows.gguf")]))
+    assert done["token_rows"] == {"token_embd.weight": 15, "output.weight": 15}
+    llama = LlamaCppBackend(Path(done["extended_base"]), n_ctx=64, threads=1)
+    try:
+        llama.load_adapter("x", Path(done["path"]))  # the file as it is, on its base
+        llama.set_active("x")
+        assert llama.logits(llama.tokenize("<|scene|> the", special=True)).shape == (527,)
+    finally:
+        llama.close()
