@@ -58,11 +58,22 @@ def _report(data: dict, as_json: bool, what: str) -> None:  # type: ignore[type-
 @handles_errors
 def gguf_lora(adapter_dir: Path, out: Path, base: str | None, profile_name: str,
               as_json: bool) -> None:
-    """Write a PEFT LoRA adapter as a GGUF LoRA that llama.cpp loads next to the base GGUF."""
+    """Write a PEFT LoRA adapter as a GGUF LoRA that llama.cpp loads next to the base GGUF.
+
+    An adapter trained with hypertokens carries its token rows in the LoRA; it runs on the
+    extended base (the base GGUF with the added tokens), which is built once, cached, and
+    named in the output as `extended_base`: load the LoRA onto that file.
+    """
+    from engine.export.extended_base import extended_base_for
     from engine.export.gguf_lora import export_gguf_lora
 
-    result = export_gguf_lora(adapter_dir, _base_gguf(profile_name, base), out)
-    _report(result.to_dict(), as_json, "GGUF LoRA")
+    base_gguf = _base_gguf(profile_name, base)
+    extended = extended_base_for(adapter_dir, base_gguf)
+    result = export_gguf_lora(adapter_dir, extended.path if extended else base_gguf, out)
+    data = result.to_dict()
+    if extended is not None:
+        data["extended_base"] = str(extended.path)
+    _report(data, as_json, "GGUF LoRA")
 
 
 @group.command("merge")

@@ -410,3 +410,29 @@ def test_export_run_writes_a_row_lora_next_to_the_extended_base(work, base_gguf,
         assert llama.logits(llama.tokenize("<|scene|> the", special=True)).shape == (527,)
     finally:
         llama.close()
+
+
+def test_cli_export_gguf_lora_names_the_extended_base(work, base_gguf, adapter):
+    """`hyperlex export gguf-lora` on an adapter with hypertoken rows writes the row LoRA
+    against the extended base and names that base, so a person knows what to load it onto."""
+    import json
+
+    from click.testing import CliRunner
+
+    from engine.inference.llamacpp import LlamaCppBackend
+    from hyperlex_console.cli import main
+
+    out = work / "cli-rows.gguf"
+    result = CliRunner().invoke(main, ["export", "gguf-lora", "--adapter", str(adapter), "-o",
+                                       str(out), "--base", str(base_gguf), "--profile",
+                                       "tiny-test", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(data["path"]) == out and out.is_file()
+    llama = LlamaCppBackend(Path(data["extended_base"]), n_ctx=64, threads=1)
+    try:
+        llama.load_adapter("x", out)
+        llama.set_active("x")
+        assert llama.logits(llama.tokenize("<|scene|> the", special=True)).shape == (527,)
+    finally:
+        llama.close()
