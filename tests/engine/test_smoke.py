@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -67,3 +68,21 @@ def test_doctor_on_the_default_profile_reports_system_info_and_a_passing_smoke()
     assert done.returncode == 0, report["problems"]
     assert "AVX" in report["system_info"] and "AMX_INT8 = 1" not in report["system_info"]
     assert report["smoke"]["ok"] and report["smoke"]["tokens"] > 0
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed")
+def test_the_installed_llama_cpp_has_no_amx_instructions_but_keeps_its_vector_kernels() -> None:
+    """install.sh builds llama.cpp without AMX (its kernels die with SIGILL on some VMs that
+    report AMX) and keeps AVX2/AVX-512/VNNI where the CPU has them."""
+    import llama_cpp
+
+    libraries = list((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu*.so"))
+    assert libraries, "llama-cpp-python ships no libggml-cpu"
+    code = subprocess.run(["objdump", "-d", str(libraries[0])], capture_output=True,
+                          text=True, timeout=300).stdout
+    assert not any(op in code for op in ("tilezero", "tileloadd", "tdpbssd", "ldtilecfg"))
+    flags = set(cpu_info().flags)
+    if "avx2" in flags:
+        assert "vfmadd" in code and "ymm" in code
+    if "avx512f" in flags:
+        assert "zmm" in code
