@@ -205,8 +205,10 @@ def extended_base_for(adapter_dir: Path, base_gguf: Path, *, progress: Progress 
         ModelFormatError: the base is not a readable GGUF model, or does not fit the tokenizer.
     """
     from engine.export.gguf_lora import carries_token_rows
+    from engine.inference.adapters import adapter_config
     from engine.models import read_gguf_info
 
+    adapter_config(Path(adapter_dir))  # a missing or foreign dir is named, not a raw OSError
     base_vocab = int(read_gguf_info(Path(base_gguf))["vocab_size"] or 0)
     vocabulary = AddedVocabulary.from_adapter(adapter_dir, base_vocab)
     if vocabulary is None and not carries_token_rows(adapter_dir):

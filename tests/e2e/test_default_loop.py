@@ -103,7 +103,11 @@ def test_train_on_default_then_chat_with_that_adapter_through_the_daemon(daemon)
 
     assert first["text"].strip() and first["tokens"] > 0
     assert first["adapter"] == f"job-{job['id']}" and first["backend"] == "llamacpp"
-    assert later["text"] == first["text"]  # greedy: the same adapter gives the same answer
+    # The later chat reuses the KV cache of the first one's prompt, so its logits come from
+    # llama.cpp's single-token kernels, not the batched prompt pass: cosine ~0.9995, enough to
+    # flip a greedy near-tie (measured: a 0.004 logit margin) on a 4-step adapter. Same adapter,
+    # an answer; not necessarily the same words.
+    assert later["adapter"] == first["adapter"] and later["text"].strip()
     assert later_use < first_use  # built once: the later chat found it all loaded
     assert base["adapter"] == "base"
     with_status = last_json(hyperlex("daemon", "status", "--json"))
