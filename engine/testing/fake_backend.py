@@ -159,7 +159,14 @@ class FakeBackend:
                                 extra={"backend": self.name, "adapters": dict(self.active)})
 
     def logits(self, token_ids: list[int], *, all_positions: bool = False) -> Any:
-        raise NotImplementedError("the fake backend has no logits")
+        """Uniform logits over the whole id space (as nanochat's mock model): (vocab,) or
+        (len, vocab)."""
+        import numpy as np
+
+        vocab = SPECIAL_BASE + len(SPECIALS)
+        check_fits(len(token_ids), self.n_ctx + 1)
+        shape = (len(token_ids), vocab) if all_positions else (vocab,)
+        return np.zeros(shape, dtype=np.float32)
 
     def close(self) -> None:
         self.closed = True

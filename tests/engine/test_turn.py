@@ -164,3 +164,12 @@ def test_conversation_keeps_history_and_cancels_from_another_thread():
     assert backend.requests[-1].messages[0] == {"role": "system", "content": "sys"}
     conversation.reset()
     assert conversation.history == []
+
+
+def test_the_fake_backend_gives_uniform_logits_of_the_right_shape():
+    backend = FakeBackend(n_ctx=8)
+    ids = backend.tokenize("abc")
+    assert backend.logits(ids).shape == (SPECIAL_BASE + len(SPECIALS),)
+    assert backend.logits(ids, all_positions=True).shape == (3, SPECIAL_BASE + len(SPECIALS))
+    with pytest.raises(ContextOverflowError):
+        backend.logits(backend.tokenize("x" * 20))
