@@ -111,7 +111,7 @@ class LoraSection:
 class TrainingSection:
     """The training recipe's hyperparameters."""
 
-    mode: str = _knob("output-only", choices=("output-only", "bridge", "context"))
+    mode: str = _knob("output-only", choices=("output-only", "bridge", "context", "plain"))
     learning_rate: float = _knob(2e-4, minimum=0.0)
     warmup_steps: int = _knob(5, minimum=0)
     max_steps: int = _knob(60, minimum=0)  # 0: run `epochs` epochs

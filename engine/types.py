@@ -79,3 +79,5 @@ class Sample:
     register: str | None = None
     doc: str | None = None
     field_mask: list[bool] | None = None
+    # Stable across runs of the same data: the scene id, plus the bridge direction.
+    example_id: str | None = None

@@ -121,8 +121,9 @@ class SampleEncoder:
         stats.samples += 1
         stats.tokens += len(input_ids)
         stats.label_tokens += trained
+        example_id = sample.scene + (f"/{sample.direction}" if sample.direction else "")
         return Sample(input_ids=input_ids, labels=labels, register=sample.register,
-                      doc=sample.doc, field_mask=field_mask)
+                      doc=sample.doc, field_mask=field_mask, example_id=example_id)
 
     def encode_all(self, samples: Iterable[Formatted], stats: EncodeStats | None = None
                    ) -> list[Sample]:

@@ -7,6 +7,9 @@ can be logged apart. Turning pieces into ids, the chat template and label maskin
 
 - `output-only`: an instruction naming the register → the whole scene, structure and text;
 - `bridge`: text → structure, and structure → text: two samples per scene;
+- `plain`: an instruction → the scene's text alone, no structure and no hypertoken: the
+  baseline of the plain-text against hypertoken-scene experiment (`hyperlex eval
+  plain-vs-hyper`), trained on the same texts;
 - `context`: the scenes around this one in the prompt → the scene. The context comes from the
   scene's `prev`/`next` links, nearest first, up to `k`; a memory-backed retriever can replace
   `linked_context` without touching the formatters.
@@ -24,7 +27,7 @@ from typing import Any, NamedTuple
 from engine.errors import ConfigError
 from engine.types import Scene
 
-MODES = ("output-only", "bridge", "context")
+MODES = ("output-only", "bridge", "context", "plain")
 SCENE_OPEN = "<|scene|>"
 SCENE_CLOSE = "<|/scene|>"
 LINK = "<|link|>"
@@ -123,6 +126,13 @@ def output_only(scene: Scene, known: Callable[[str], bool]) -> list[Formatted]:
     return [Formatted(prompt, scene_pieces(scene, known), scene.register, scene.doc, scene.id)]
 
 
+def plain(scene: Scene) -> list[Formatted]:
+    """An instruction → the scene's text, with no structure (the plain-text baseline)."""
+    prompt = [_instruction("Write a passage.")]
+    return [Formatted(prompt, [Piece("text", scene.text, False)], scene.register, scene.doc,
+                      scene.id)]
+
+
 def bridge(scene: Scene, known: Callable[[str], bool]) -> list[Formatted]:
     """Two samples: text → structure, and structure → text (the reversible mapping)."""
     to_structure = Formatted(
@@ -183,7 +193,7 @@ def format_scenes(scenes: Iterable[Scene], mode: str, known: Callable[[str], boo
 
     Args:
         scenes: all scenes (containers included, for links and context).
-        mode: `output-only`, `bridge` or `context`.
+        mode: `output-only`, `bridge`, `context` or `plain`.
         known: tells whether a hypertoken exists in the tokenizer.
         context_k: how many neighbours `context` puts in the prompt.
         retrieve: `(scene, k) -> scenes` for `context`; defaults to `linked_context`.
@@ -204,6 +214,8 @@ def format_scenes(scenes: Iterable[Scene], mode: str, known: Callable[[str], boo
             out += output_only(scene, known)
         elif mode == "bridge":
             out += bridge(scene, known)
+        elif mode == "plain":
+            out += plain(scene)
         else:
             out += context(scene, known, find(scene, context_k))
     return out

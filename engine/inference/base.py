@@ -47,6 +47,8 @@ class GenerationRequest:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     prompt: str | None = None  # raw text, sent without the chat template
+    # token ids, sent as they are (evals continue an encoded sample exactly as it was trained)
+    prompt_ids: list[int] | None = None
     adapter: AdapterChoice = None
     json_schema: dict[str, Any] | None = None  # constrain the answer to this JSON schema
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
@@ -65,7 +67,7 @@ class GenerationRequest:
             problems.append(f"seed must be 0 or more, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             problems.append(f"stop strings must be non-empty strings, got {self.stop!r}")
-        if not self.messages and self.prompt is None:
+        if not self.messages and self.prompt is None and not self.prompt_ids:
             problems.append("messages is empty: give at least one user message")
         for index, message in enumerate(self.messages):
             if message.get("role") not in ("system", "user", "assistant") or \
@@ -100,6 +102,8 @@ class GenerationResult:
     seconds: float
     finish_reason: str  # "stop" | "length" | "cancelled"
     extra: dict[str, Any] = field(default_factory=dict)
+    # the generated ids (hypertokens included), where the backend has them; not sent on the wire
+    token_ids: list[int] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:

@@ -111,6 +111,8 @@ class HFBackend:
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids of the prompt. The template's own markers become special ids; message
         text never does, except the hypertoken segments a message carries (RAG context)."""
+        if request.prompt_ids:
+            return list(request.prompt_ids)
         if request.prompt is not None:
             return self.tokenize(request.prompt)
         segments = template_segments(self._render, self._messages(request))
@@ -308,7 +310,7 @@ class HFBackend:
         return GenerationResult(
             text="".join(pieces), tokens=len(produced), prompt_tokens=len(tokens),
             seconds=time.perf_counter() - started, finish_reason=finish,
-            extra={"backend": self.name, "adapters": dict(self._active)})
+            extra={"backend": self.name, "adapters": dict(self._active)}, token_ids=produced)
 
     @staticmethod
     def _sample(logits: Any, request: GenerationRequest, generator: Any) -> int:

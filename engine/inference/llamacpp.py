@@ -161,6 +161,8 @@ class LlamaCppBackend:
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids of the prompt. The template's own markers become special ids; message
         text never does, except the hypertoken segments a message carries (RAG context)."""
+        if request.prompt_ids:
+            return list(request.prompt_ids)
         if request.prompt is not None:
             return self.tokenize(request.prompt, add_bos=True)
         if self._formatter is None:
@@ -373,6 +375,7 @@ class LlamaCppBackend:
         scanner = StopScanner(request.stop)
         pieces: list[str] = []
         produced = 0
+        token_ids: list[int] = []
         finish = "length"
         for token in self.llama.generate(
                 tokens, temp=request.temperature, top_p=request.top_p, top_k=0, min_p=0.0,
@@ -384,6 +387,7 @@ class LlamaCppBackend:
                 finish = "stop"
                 break
             produced += 1
+            token_ids.append(int(token))
             text = scanner.feed(decoder.decode(self.llama.detokenize([token])))
             if text:
                 pieces.append(text)
@@ -402,7 +406,7 @@ class LlamaCppBackend:
         return GenerationResult(
             text="".join(pieces), tokens=produced, prompt_tokens=len(tokens),
             seconds=time.perf_counter() - started, finish_reason=finish,
-            extra={"backend": self.name, "adapters": dict(self._active)})
+            extra={"backend": self.name, "adapters": dict(self._active)}, token_ids=token_ids)
 
     def logits(self, token_ids: list[int], *, all_positions: bool = False) -> np.ndarray:
         """Logits after `token_ids` with the active adapters: (vocab,) or (len, vocab)."""

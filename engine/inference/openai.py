@@ -203,7 +203,9 @@ class OpenAIBackend:
             payload["stop"] = request.stop
         if request.json_schema is not None:
             payload["response_format"] = {"type": "json_object", "schema": request.json_schema}
-        if request.prompt is not None:
+        if request.prompt_ids:
+            path, payload["prompt"] = "/v1/completions", list(request.prompt_ids)
+        elif request.prompt is not None:
             path, payload["prompt"] = "/v1/completions", request.prompt
         else:
             path, payload["messages"] = "/v1/chat/completions", self._messages(request)

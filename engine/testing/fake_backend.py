@@ -99,6 +99,8 @@ class FakeBackend:
         return messages
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_ids:
+            return list(request.prompt_ids)
         if request.prompt is not None:
             return self.tokenize(request.prompt)
         return tokenize_segments(self.tokenize, template_segments(chatml, self._messages(request)))

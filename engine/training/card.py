@@ -6,6 +6,7 @@ its own still says how it was made. Nothing here computes anything; it gathers.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -27,6 +28,22 @@ def _peak_cuda_mb() -> float | None:
     if not torch.cuda.is_available():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def light_eval(summary: dict[str, Any], base_loss: float | None) -> dict[str, Any]:
+    """The end-of-run eval the card carries: held-out corpus perplexity, exp(ΣNLL / Σtokens) on
+    the answer tokens, before and after, overall, for structure and text, and per register.
+
+    It has no interval: `hyperlex eval --adapter <run>/adapter` gives the paired comparison.
+    """
+    def ppl(loss: float | None) -> float | None:
+        return round(math.exp(loss), 4) if loss is not None else None
+
+    return {"ppl": ppl(summary.get("loss")), "base_ppl": ppl(base_loss),
+            "field_ppl": ppl(summary.get("field_loss")), "text_ppl": ppl(summary.get("text_loss")),
+            "per_register_ppl": {name: ppl(value) for name, value
+                                 in summary.get("per_register", {}).items()},
+            "full": "hyperlex eval --adapter <run>/adapter (paired, with intervals)"}
 
 
 def run_card(recipe: Any, result: Any, evals: list[tuple[int, float]]) -> dict[str, Any]:
@@ -60,6 +77,7 @@ def run_card(recipe: Any, result: Any, evals: list[tuple[int, float]]) -> dict[s
             "peak_cuda_mb": _peak_cuda_mb(),
             "early_stopped": recipe.early_stopped,
         },
+        "eval": light_eval(getattr(recipe, "final_summary", {}), base),
         "outputs": {"adapter_dir": str(result.adapter_dir), "loss_curve": "loss.png",
                     "metrics": "metrics.jsonl"},
         "versions": {name: _version(name) for name in

@@ -524,7 +524,8 @@ class LoRARecipe:
             result = RunResult(self.run_dir, None, self._final_loss(), self.last_eval,
                                self.base_eval, stopped=True, steps=self.step, losses=self.losses)
             return result
-        final_eval = self.evaluate()["loss"] if self.data.held_out else None
+        self.final_summary = self.evaluate() if self.data.held_out else {}
+        final_eval = self.final_summary.get("loss")
         self.last_eval = final_eval
         adapter_dir = self.run_dir / "adapter"
         # Under FSDP every rank gives its shards; rank 0 alone writes.

@@ -27,5 +27,11 @@ class JobCardScreen(ModalScreen[None]):
             yield Label(f"[b]job {job['id']}[/b]  {job.get('kind')}  {job.get('state')}")
             if job.get("error"):
                 yield Static(f"[red]{job['error']}[/]")
+            summary = (job.get("result") or {}).get("summary") if job.get("kind") == "eval" \
+                else None
+            if summary:
+                yield Static("\n".join(str(line) for line in summary), id="job-card-summary",
+                             markup=False)
+                yield Label(f"report: {job['result'].get('report')}  (o in the jobs pane opens it)")
             yield Static(Syntax(json.dumps(job, indent=2, sort_keys=True, default=str), "json",
                                 word_wrap=True, background_color="default"))

@@ -40,13 +40,33 @@ def format_eta(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def eval_summary(job: dict[str, Any]) -> list[str]:
+    """An eval job's summary lines (its headline differences), empty for other jobs."""
+    result = job.get("result") or {}
+    return [str(line) for line in result.get("summary") or []] if job.get("kind") == "eval" \
+        else []
+
+
+def _eval_progress(progress: dict[str, Any]) -> str:
+    bar = progress_bar(progress.get("done"), progress.get("total"), width=6)
+    return f"{progress.get('task', '')} {bar}".strip()
+
+
 def job_row(job: dict[str, Any]) -> dict[str, str]:
     """The table cells of one job record (as `job_list` or live events left it)."""
     progress = job.get("progress") or {}
     result = job.get("result") or {}
+    state = str(job.get("state", "?"))
+    if job.get("kind") == "eval":
+        headline = next(iter(result.get("differences") or []), None)
+        loss = (f"Δ{headline['metric'].split('.')[-1]} {headline['delta']:+.3g}"
+                if headline and isinstance(headline.get("delta"), (int, float)) else "")
+        return {"id": str(job["id"]), "kind": "eval", "profile": str(job.get("profile", "")),
+                "state": f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+                "progress": "done" if state == "succeeded" else _eval_progress(progress),
+                "loss": loss, "tps": "", "eta": ""}
     loss = progress.get("loss", result.get("final_loss"))
     tps = progress.get("tokens_per_s")
-    state = str(job.get("state", "?"))
     return {"id": str(job["id"]), "kind": str(job.get("kind", "")),
             "profile": str(job.get("profile", "")),
             "state": f"[{STATE_STYLE.get(state, '')}]{state}[/]",
@@ -67,6 +87,7 @@ class JobsPane(Pane):
         Binding("r", "resume", "Resume"),
         Binding("l", "open_logs", "Logs"),
         Binding("enter", "open_card", "Card", show=False),
+        Binding("o", "open_report", "Report"),
         Binding("g", "refresh", "Refresh", show=False),
     ]
 
@@ -151,7 +172,7 @@ class JobsPane(Pane):
             name = data.get("event")
             if name == "state":
                 unknown |= self._apply(job_id, {"state": data.get("state")})
-            elif name == "step":
+            elif name == "step" or (name == "progress" and "task" in data):
                 unknown |= self._apply(job_id, {"progress": data})
             elif name == "done":
                 unknown |= self._apply(job_id, {"result": data})
@@ -207,13 +228,30 @@ class JobsPane(Pane):
     @on(DataTable.RowHighlighted, "#jobs-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value is not None:
-            self.post_message(self.JobSelected(int(event.row_key.value)))
+            job_id = int(event.row_key.value)
+            self.post_message(self.JobSelected(job_id))
+            summary = eval_summary(self.jobs.get(job_id, {}))
+            if summary:
+                self.note("\n".join(summary[:4]) + "\n[dim]o: open the report[/]")
 
     @on(DataTable.RowSelected, "#jobs-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_card()
 
     # --- actions --------------------------------------------------------------------------------
+
+    def action_open_report(self) -> None:
+        """Open the selected eval job's report.html in the browser (it is self-contained)."""
+        job = self.jobs.get(self.selected_job or -1) or {}
+        report = (job.get("result") or {}).get("report")
+        if not report:
+            self.note("the selected job has no report: only finished eval jobs write one")
+            return
+        import webbrowser
+        from pathlib import Path
+
+        opened = webbrowser.open(Path(report).resolve().as_uri())
+        self.note(f"report: {report}" + ("" if opened else " (no browser here: open it yourself)"))
 
     def action_submit(self) -> None:
         from hyperlex_console.screens.submit_job import SubmitJobScreen

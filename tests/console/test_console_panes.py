@@ -416,3 +416,37 @@ async def test_command_palette_has_an_entry_for_every_action(daemon):
         await pilot.press("colon")
         await pilot.pause(0.2)
         assert type(app.screen).__name__ == "CommandPalette"
+
+
+@synchronously
+async def test_jobs_pane_shows_an_eval_jobs_summary_and_opens_its_report(daemon, monkeypatch):
+    with daemon.client() as client:
+        train = client.job_submit("train", {"max_steps": 4}, profile="tiny-test")["job"]
+        trained = client.wait_job(train["id"], timeout=240)
+    assert trained["state"] == "succeeded", trained
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda uri: opened.append(uri) or True)
+    app = console(profile="tiny-test")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await connected(pilot)
+        adapter = trained["result"]["adapter_dir"]
+        await submit(pilot, f"adapter={adapter} tasks=loss n_resamples=100", kind="eval")
+        jobs = app.main.pane("jobs")
+        await wait_for(pilot, lambda: any(j.get("kind") == "eval" and j["state"] == "succeeded"
+                                          and j.get("result") for j in jobs.jobs.values()),
+                       timeout=240, what="the eval job to succeed")
+        job_id = max(jobs.jobs)
+        row = jobs.table.get_row(str(job_id))
+        assert row[1] == "eval" and str(row[5]).startswith("Δppl")
+        jobs.table.move_cursor(row=1)
+        jobs.table.move_cursor(row=0)
+        await pilot.pause(0.2)
+        note = str(jobs.query_one("#jobs-note").render())
+        assert "loss.ppl" in note and "o: open the report" in note
+        await pilot.press("o")
+        assert opened and opened[0].startswith("file://") and opened[0].endswith("report.html")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "JobCardScreen",
+                       what="the job card")
+        summary = str(app.screen.query_one("#job-card-summary").render())
+        assert "loss.ppl" in summary and ("better" in summary or "no significant" in summary)

@@ -1,11 +1,10 @@
-"""The engine job kinds through a real daemon: scenes, memory-add, export, eval (not available).
+"""The engine job kinds through a real daemon: scenes, memory-add, export, eval.
 
 Each kind runs its engine module as a subprocess with JSON-line progress, on tiny data.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -92,10 +91,26 @@ def test_export_job_merges_an_adapter(client, tmp_path, tiny_model_dir):
     assert stages == ["merge", "gguf"]
 
 
-def test_eval_kind_answers_not_available(client):
-    if importlib.util.find_spec("engine.evals") is not None:
-        pytest.skip("engine.evals exists in this build")
-    with pytest.raises(DaemonError) as err:
-        client.job_submit("eval", {})
-    assert err.value.type == "NotAvailableError" and "not available" in err.value.message
-    assert client.status()["job_kinds"]["eval"] is False
+def test_eval_job_compares_a_trained_adapter_with_the_base(client):
+    train = client.job_submit("train", {"max_steps": 4}, profile="tiny-test")["job"]
+    adapter = _succeeded(client, train["id"], timeout=240)["result"]["adapter_dir"]
+    assert client.status()["job_kinds"]["eval"] is True
+    job = client.job_submit("eval", {"adapter": adapter, "tasks": "loss,density",
+                                     "n_resamples": 200}, profile="tiny-test")["job"]
+    result = _succeeded(client, job["id"], timeout=240)["result"]
+    report = Path(result["report"])
+    assert report.is_file() and report.name == "report.html"
+    assert (report.parent / "records.jsonl").is_file()
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    ppl = next(d for d in metrics["differences"] if d["metric"] == "loss.ppl")
+    assert ppl["a"] == "base" and ppl["n"] > 0
+    assert any("loss.ppl" in line for line in result["summary"])
+    tasks = {e.get("task") for e in _events(client, job["id"]) if e.get("event") == "progress"}
+    assert "loss" in tasks
+
+
+def test_eval_job_with_a_missing_adapter_fails_with_its_path(client, tmp_path):
+    job = client.job_submit("eval", {"adapter": str(tmp_path / "nowhere")},
+                            profile="tiny-test")["job"]
+    done = client.wait_job(job["id"], timeout=120)
+    assert done["state"] == "failed" and "nowhere" in (done["error"] or "")

@@ -1,0 +1,129 @@
+"""`python -m engine.evals.run`: an eval as a process, for the daemon's `eval` jobs.
+
+    python -m engine.evals.run --profile P --adapter [NAME=]DIR [--adapter ...] [--vs base|NAME]
+        [--sweep RUN] [--tests FILE] [--data scenes.jsonl] [--tasks loss,reverse,...]
+        [--limit N] [--seed S] [--run-dir DIR | -o DIR] --progress-jsonl
+
+The report (metrics.json, records.jsonl, report.md, report.html, plots/) goes to the run dir.
+With `--progress-jsonl`, stdout carries one JSON object a line: `{"event":"log",...}`,
+`{"event":"progress","task":...,"done":...,"total":...}`, then `{"event":"done","summary":[...],
+"report":..., "metrics":...}`, or on failure `{"event":"error","type":...,"message":...,
+"hint":...}` (exit 1). Knows nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, HyperlexError
+
+
+def parse_adapters(values: list[str]) -> list[tuple[str, Path]]:
+    """`["a=/x", "/runs/r/adapter"]` → `[("a", /x), ("r", /runs/r/adapter)]` (commas split too).
+
+    An unnamed adapter is named after its run dir (`<run>/adapter` → `<run>`'s name) or its own.
+
+    Raises:
+        ConfigError: two adapters with one name.
+    """
+    out: list[tuple[str, Path]] = []
+    for value in values:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, path = item.rpartition("=")
+            directory = Path(path)
+            if not name:
+                name = directory.parent.name if directory.name == "adapter" else directory.name
+            out.append((name or "adapter", directory))
+    names = [name for name, _ in out]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"two adapters are named {', '.join(duplicates)}",
+                          hint="name them: --adapter A=DIR --adapter B=DIR")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.evals.run", allow_abbrev=False,
+                                     description="Evaluate adapters against the base or "
+                                                 "each other.")
+    parser.add_argument("--profile", required=True, help="profile name or .toml path")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="[NAME=]DIR of a PEFT adapter (repeat, or comma-separate)")
+    parser.add_argument("--vs", default="base", help="the side to compare against (base)")
+    parser.add_argument("--sweep", type=Path, default=None, help="a run dir: every checkpoint")
+    parser.add_argument("--tests", type=Path, default=None, help="a manual test file (JSONL)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="scenes JSONL (default: the adapter's training data)")
+    parser.add_argument("--mode", default=None, help="the held-out format (default: trained)")
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks to run")
+    parser.add_argument("--limit", type=int, default=None, help="held-out examples at most")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--run-dir", "-o", type=Path, default=None, help="where the report goes")
+    parser.add_argument("--resume", action="store_true", help="accepted for jobs; runs again")
+    parser.add_argument("--progress-jsonl", action="store_true",
+                        help="print one JSON event per line on stdout, nothing else")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace, on_event: Any = None) -> Any:
+    """The `EvalConfig` the arguments ask for."""
+    from engine.evals.compare import DEFAULT_TASKS, EvalConfig
+    from engine.profiles import load_profile
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks \
+        else DEFAULT_TASKS
+    if args.tests is None:
+        tasks = tuple(t for t in tasks if t not in ("test", "register"))
+    out_dir = args.run_dir
+    return EvalConfig(profile=load_profile(args.profile), adapters=parse_adapters(args.adapter),
+                      vs=args.vs, sweep=args.sweep, tests=args.tests, data=args.data,
+                      mode=args.mode, tasks=tasks, limit=args.limit, seed=args.seed,
+                      n_resamples=args.n_resamples, out_dir=out_dir,
+                      work_dir=(out_dir / "work") if out_dir else None, on_event=on_event)
+
+
+def done_event(result: Any) -> dict[str, Any]:
+    """The `done` event: the summary lines, the report's paths and the headline figures."""
+    from engine.evals.report import summary_lines
+
+    return {"event": "done", "summary": summary_lines(result.metrics),
+            "report": str(result.paths.get("html", "")) or None,
+            "metrics": str(result.paths.get("metrics", "")) or None,
+            "differences": [{key: d[key] for key in ("metric", "a", "b", "delta", "low", "high",
+                                                      "p", "n", "verdict")}
+                            for d in result.metrics["differences"]]}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = parse_args(argv)
+    events = sys.stdout
+    if args.progress_jsonl:
+        events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        events.flush()
+
+    try:
+        from engine.evals.compare import run_eval
+
+        result = run_eval(config_from_args(args, on_event=emit))
+    except HyperlexError as error:
+        emit({"event": "error", **error.to_dict()})
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    emit(done_event(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
