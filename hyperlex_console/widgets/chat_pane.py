@@ -5,8 +5,11 @@
   a succeeded training job produced.
 - RAG: the daemon's chat turn retrieves the prompt's nearest scenes and gives them to the model
   as hypertoken segments (`rag_k`); the scenes it cited are listed above the answer.
-- A/B: one prompt goes to base (A) and the chosen adapter (B), side by side; `a`, `b` or `=`
-  rates them and the rating is appended to `<state>/ab_ratings.jsonl` for the evals.
+- A/B, blind: one prompt goes to base and the chosen target, drawn to the left (A) or the right
+  (B) at random for each prompt and labelled only "A" and "B"; `a`, `b`, `=` (tie) or `s` (skip)
+  rates them, the note then says which model was which, and the rating is appended to
+  `<state>/ab_ratings.jsonl` for the evals: `answers` keyed by the label shown, each with its
+  model and text, plus `"blind": true, "left": "a"` (A is the left column).
 
 Requests go through the link from workers; tokens arrive as `chat.<id>.token` events.
 """
@@ -14,11 +17,14 @@ Requests go through the link from workers; tokens arrive as `chat.<id>.token` ev
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -73,6 +79,7 @@ class ChatPane(Pane):
         Binding("a", "rate('a')", "A better", show=False),
         Binding("b", "rate('b')", "B better", show=False),
         Binding("equals_sign", "rate('tie')", "Tie", show=False),
+        Binding("s", "rate('skip')", "Skip", show=False),
         Binding("i", "focus_input", "Input", show=False),
     ]
 
@@ -81,6 +88,9 @@ class ChatPane(Pane):
         self.history: list[dict[str, str]] = []
         self.streams: dict[str, ChatMessage] = {}
         self.pending_ab: dict[str, Any] | None = None
+        self.ab_messages: dict[str, ChatMessage] = {}  # the answers shown as A and B
+        # True: the target goes left (A) and base right (B). Drawn for each A/B prompt.
+        self.draw_swap: Callable[[], bool] = lambda: secrets.randbelow(2) == 1
         self.last_answer = ""
         self.adapters: dict[str, str] = {}
 
@@ -210,23 +220,31 @@ class ChatPane(Pane):
             await self._mount(side, ChatMessage("user", "you", prompt))
         rag_k = RAG_K if self.query_one("#chat-rag", Checkbox).value else 0
         if ab:
-            b_label, b_options = self._resolve(target if target != "base" else
-                                               next(iter(self.adapters), "routed"))
-            plan = [("a", "A: ", "base", {}), ("b", "B: ", b_label, b_options)]
-            self.pending_ab = {"prompt": prompt, "a": {"model": "base"},
-                               "b": {"model": b_label, **b_options}}
+            models = [("base", {}), self._resolve(target if target != "base" else
+                                                  next(iter(self.adapters), "routed"))]
+            if self.draw_swap():
+                models.reverse()
+            # Blind: the labels name no model until the pair is rated.
+            plan = [(side, side.upper(), options)
+                    for side, (_, options) in zip("ab", models, strict=True)]
+            self.pending_ab = {"prompt": prompt, **{side: {"model": model, **options}
+                                                    for side, (model, options)
+                                                    in zip("ab", models, strict=True)}}
+            self.ab_messages = {}
             messages = [{"role": "user", "content": prompt}]
         else:
             label, options = self._resolve(target)
-            plan = [("a", "", label, options)]
+            plan = [("a", label, options)]
             self.history.append({"role": "user", "content": prompt})
             messages = list(self.history)
-        for side, prefix, label, options in plan:
+        for side, label, options in plan:
             chat_id = uuid.uuid4().hex
-            message = await self._mount(side, ChatMessage("assistant", prefix + label))
+            message = await self._mount(side, ChatMessage("assistant", label))
             message.chat_id = chat_id  # type: ignore[attr-defined]
             message.side = side  # type: ignore[attr-defined]
-            message.prefix = prefix  # type: ignore[attr-defined]
+            message.blind = ab  # type: ignore[attr-defined]
+            if ab:
+                self.ab_messages[side] = message
             self.streams[chat_id] = message
             try:
                 await self.request("chat", messages=messages, chat_id=chat_id, lane="chat",
@@ -250,16 +268,22 @@ class ChatPane(Pane):
         if route:
             if route.get("mode") == "base" and str(route.get("reason", "")).startswith(
                     "no router"):
-                label = "base (routing unavailable)"
+                model = label = "base (routing unavailable)"
             else:
                 where = route.get("register") if route.get("mode") != "base" else "base"
-                label = f"routed → {where} ({route.get('confidence', 0):.2f})"
-            message.label = getattr(message, "prefix", "") + label
-            message._draw()
-            if self.pending_ab is not None and getattr(message, "side", "a") == "b":
-                self.pending_ab["b"]["model"] = label
-            if route.get("reason", "").startswith("no router"):
-                self.note(str(route["reason"]))
+                model = f"routed → {where}"
+                label = f"{model} ({route.get('confidence', 0):.2f})"
+            side = getattr(message, "side", "a")
+            if getattr(message, "blind", False):
+                # Blind A/B: the route is kept for the rating, not shown before it.
+                if self.pending_ab is not None and self.ab_messages.get(side) is message:
+                    self.pending_ab[side].update(model=model,
+                                                 route_confidence=route.get("confidence"))
+            else:
+                message.label = label
+                message._draw()
+                if route.get("reason", "").startswith("no router"):
+                    self.note(str(route["reason"]))
         cited = data.get("cited") or []
         if self.query_one("#chat-rag", Checkbox).value:
             scores = data.get("cited_scores") or [None] * len(cited)
@@ -295,7 +319,7 @@ class ChatPane(Pane):
             self.pending_ab[side]["text"] = message.text
             if all("text" in self.pending_ab[s] for s in ("a", "b")):
                 self.note("rate: [b]a[/b] = A better · [b]b[/b] = B better · [b]=[/b] tie "
-                          "· i = back to the input")
+                          "· [b]s[/b] = skip · i = back to the input")
                 self._column("a").focus()
         elif not self.streams:
             self.history.append({"role": "assistant", "content": message.text})
@@ -335,7 +359,8 @@ class ChatPane(Pane):
     @on(Checkbox.Changed, "#chat-ab")
     def _ab_changed(self, event: Checkbox.Changed) -> None:
         self.query_one("#chat-right").display = event.value
-        self.note("A/B: A is base, B is the chosen target" if event.value else "")
+        self.note("A/B, blind: base and the chosen target go to A and B at random; the names "
+                  "show after rating" if event.value else "")
 
     def action_focus_input(self) -> None:
         self.query_one("#chat-input", Input).focus()
@@ -349,19 +374,27 @@ class ChatPane(Pane):
     @work(group="chat-rate", exit_on_error=False)
     async def action_rate(self, verdict: str) -> None:
         pending, self.pending_ab = self.pending_ab or {}, None
-        record = dict(pending, rating=verdict, time=time.time(),
-                      profile=getattr(self.app, "profile", None))
+        # Keyed by the label shown, so the rating names its answer whichever side it was on.
+        answers = {"a": pending.get("a"), "b": pending.get("b"), "blind": True, "left": "a"}
         try:
             # The daemon keeps the ratings next to its runs, where the evals read them.
-            reply = await self.request("ab_rating", pending.get("prompt", ""),
-                                       {side: pending.get(side) for side in ("a", "b")},
-                                       verdict)
+            reply = await self.request("ab_rating", pending.get("prompt", ""), answers, verdict)
             where = f"the daemon's {reply.get('path')} ({reply.get('count')} ratings)"
         except DaemonError as exc:
             if exc.type != "UnknownType":
                 self.pending_ab = pending
                 self.note(f"[red]{self.explain(exc, 'saving the rating')}[/]")
                 return
-            where = str(save_rating(record))  # an older daemon: keep it on this machine
-        self.note(f"rated {verdict}: saved to {where}")
+            # An older daemon: keep it on this machine, in the daemon's line format.
+            where = str(save_rating({"time": round(time.time(), 3),
+                                     "prompt": pending.get("prompt", ""), "answers": answers,
+                                     "rating": verdict,
+                                     "profile": getattr(self.app, "profile", None)}))
+        models = {side: str((pending.get(side) or {}).get("model", "?")) for side in ("a", "b")}
+        for side, message in self.ab_messages.items():
+            message.label = f"{side.upper()}: {models[side]}"  # revealed now it is rated
+            message._draw()
+        self.ab_messages = {}
+        self.note(f"rated {verdict}: A was [b]{escape(models['a'])}[/b], B was "
+                  f"[b]{escape(models['b'])}[/b]; saved to {escape(where)}")
         self.action_focus_input()

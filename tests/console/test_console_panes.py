@@ -271,21 +271,43 @@ async def test_chat_pane_streams_an_answer_and_the_daemon_saves_ab_ratings(daemo
 
         await pilot.press("ctrl+t")
         assert chat.ab and chat.query_one("#chat-right").display
-        chat.query_one("#chat-input").focus()
-        await pilot.press(*"compare", "enter")
-        await wait_for(pilot, lambda: chat.pending_ab and all(
-            "text" in chat.pending_ab[s] for s in "ab"), timeout=90, what="both A/B answers")
-        await pilot.press("b")
-        await wait_for(pilot, lambda: "rated b" in str(chat.query_one("#chat-note").render()),
-                       what="the rating to be saved")
+        # The target is "routed"; no router is trained here, so it answers with base and says
+        # so: its model is "base (routing unavailable)", told apart from plain "base".
+        chat.query_one("#chat-target").value = "routed"
+        routed = "base (routing unavailable)"
+        for swapped, prompt, key in ((False, "compare", "b"), (True, "again", "a")):
+            chat.draw_swap = lambda swapped=swapped: swapped
+            chat.query_one("#chat-input").focus()
+            await pilot.press(*prompt, "enter")
+            await wait_for(pilot, lambda: chat.pending_ab and all(
+                "text" in chat.pending_ab[s] for s in "ab"), timeout=90,
+                what="both A/B answers")
+            # Blind: the answers are labelled A and B only, and no note names a model.
+            shown = [chat.ab_messages["a"], chat.ab_messages["b"]]
+            assert [m.label for m in shown] == ["A", "B"]
+            assert "routing unavailable" not in str(chat.query_one("#chat-note").render())
+            await pilot.press(key)
+            await wait_for(pilot, lambda key=key: f"rated {key}" in str(
+                chat.query_one("#chat-note").render()), what="the rating to be saved")
+            left, right = (routed, "base") if swapped else ("base", routed)
+            note = str(chat.query_one("#chat-note").render())
+            assert f"A was {left}, B was {right}" in note
+            assert [m.label for m in shown] == [f"A: {left}", f"B: {right}"]
         # Stored by the daemon, in its own state dir, where the evals read them.
-        lines = (hyperlex_home / "state" / "ab_ratings.jsonl").read_text().splitlines()
-        record = json.loads(lines[-1])
-        assert record["rating"] == "b" and record["prompt"] == "compare"
-        assert record["answers"]["a"]["model"] == "base"
-        assert record["answers"]["a"]["text"] and "text" in record["answers"]["b"]
-        # No router is trained here: B said so plainly and answered with base.
-        assert record["answers"]["b"]["model"] == "base (routing unavailable)"
+        path = hyperlex_home / "state" / "ab_ratings.jsonl"
+        first, second = [json.loads(line) for line in path.read_text().splitlines()[-2:]]
+        assert first["rating"] == "b" and first["prompt"] == "compare"
+        assert first["answers"]["a"]["model"] == "base"
+        assert first["answers"]["a"]["text"] and "text" in first["answers"]["b"]
+        assert first["answers"]["b"]["model"] == routed
+        assert first["answers"]["blind"] is True and first["answers"]["left"] == "a"
+        # Swapped: the routed target was A, and "a" (A better) was kept as its win.
+        assert second["rating"] == "a" and second["answers"]["a"]["model"] == routed
+        assert second["answers"]["b"]["model"] == "base"
+        from engine.evals.human import pairwise_outcomes, read_ratings
+
+        outcomes = pairwise_outcomes(read_ratings(path))[-2:]
+        assert outcomes == [("base", routed, 1.0), (routed, "base", 0.0)]
 
 
 SEA = "A storm broke over the sea at night."

@@ -124,13 +124,14 @@ def test_chat_pane_ab(snap_compare):
         await pilot.press("5")
         chat = app.main.pane("chat")
         await pilot.press("ctrl+t")
-        for side, label, text in (("a", "A: base", "The sea is large and blue."),
-                                  ("b", "B: adapter: job 3",
-                                   "<|scene|> a storm; mood: dread; function: warning")):
+        # Blind: the labels name no model until the pair is rated.
+        for side, label, text in (("a", "A", "The sea is large and blue."),
+                                  ("b", "B", "<|scene|> a storm; mood: dread; function: warning")):
             await chat._mount(side, ChatMessage("user", "you", "Describe the sea."))
             answer = await chat._mount(side, ChatMessage("assistant", label, text))
             answer.finish("12 tokens · 96.0 tok/s · stop")
-        chat.note("rate: [b]a[/b] = A better · [b]b[/b] = B better · [b]=[/b] tie")
+        chat.note("rate: [b]a[/b] = A better · [b]b[/b] = B better · [b]=[/b] tie "
+                  "· [b]s[/b] = skip")
         await pilot.pause()
 
     assert snap_compare(console(), terminal_size=SIZE, run_before=run_before)
