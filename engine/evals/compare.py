@@ -30,8 +30,7 @@ from engine.errors import ConfigError, DataError, NotAvailableError
 from engine.evals import loss as loss_metric
 from engine.evals import reversibility, stats
 from engine.evals.records import EvalRecord, by_side, paired
-from engine.evals.sides import BASE, Side, Sides, adapter_side, checkpoint_sides, \
-    ensure_vocabulary
+from engine.evals.sides import BASE, Side, Sides, adapter_side, checkpoint_sides, ensure_vocabulary
 
 EVAL_SCHEMA = "hyperlex.eval/1"
 TASKS = ("loss", "text", "reverse", "test", "register", "density", "assoc", "roundtrip")
@@ -397,7 +396,8 @@ def build_metrics(records: list[EvalRecord], sides: list[Side], cfg: EvalConfig,
     reference = cfg.vs if cfg.vs in names else names[0]
     comparisons: list[dict[str, Any]] = []
     sweep = [side for side in sides if side.kind == "checkpoint"]
-    for side in sides:
+    # Adapters before the base: against a reference adapter, the other adapter is the question.
+    for side in sorted(sides, key=lambda side: side.kind == "base"):
         if side.name == reference or side.kind == "checkpoint":
             continue
         comparisons += differences(records, reference, side.name, seed=cfg.seed,
@@ -406,6 +406,15 @@ def build_metrics(records: list[EvalRecord], sides: list[Side], cfg: EvalConfig,
         comparisons += differences(records, BASE, sweep[-1].name, seed=cfg.seed,
                                    n_resamples=cfg.n_resamples)
     per_side = {name: side_metrics(records, name) for name in names}
+    # Density and associativity measure the scenes and the memory, not a model: one column each.
+    density, assoc = extra.get("density"), extra.get("associativity")
+    if density:
+        per_side["scenes"] = {f"density.{key}": density.get(key)
+                              for key in ("units_per_100", "structure_ratio", "n")
+                              if key in density}
+    if assoc:
+        per_side["memory"] = {f"assoc.{key}": value for key, value in assoc.items()
+                              if key != "k"}
     return {
         "schema": EVAL_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": getattr(profile, "name", str(profile)), "seed": cfg.seed,

@@ -66,7 +66,8 @@ def train_pair(profile: Any, out_dir: Path, *, data: Path | None = None,
 
 def plain_vs_hyper(profile: Any, out_dir: Path, *, data: Path | None = None,
                    max_steps: int | None = None, tests: Path | None = None,
-                   limit: int | None = None, seed: int = 0, n_resamples: int = 2000,
+                   limit: int | None = None, reverse_limit: int = 24, seed: int = 0,
+                   n_resamples: int = 2000,
                    on_event: Callable[[dict[str, Any]], None] | None = None) -> EvalResult:
     """Train both adapters, then compare them (and the base) on the same held-out examples."""
     adapters = train_pair(profile, out_dir, data=data, max_steps=max_steps, on_event=on_event)
@@ -75,7 +76,8 @@ def plain_vs_hyper(profile: Any, out_dir: Path, *, data: Path | None = None,
         tasks = tuple(t for t in tasks if t not in ("test", "register"))
     cfg = EvalConfig(profile=profile, adapters=[(HYPER, adapters[HYPER]),
                                                 (PLAIN, adapters[PLAIN])],
-                     vs=PLAIN, tests=tests, data=data, tasks=tasks, limit=limit, seed=seed,
+                     vs=PLAIN, tests=tests, data=data, tasks=tasks, limit=limit,
+                     reverse_limit=reverse_limit, seed=seed,
                      n_resamples=n_resamples, out_dir=Path(out_dir) / "report",
                      work_dir=Path(out_dir) / "work", on_event=on_event,
                      include_base=True)

@@ -41,7 +41,9 @@ def chrf_metric() -> Any:
 
 def signature() -> str:
     """sacrebleu's signature of the metric, for the report."""
-    return str(chrf_metric().get_signature())
+    metric = chrf_metric()
+    metric.corpus_score(["a"], [["a"]])  # the signature names the reference count, once known
+    return str(metric.get_signature())
 
 
 def sentence_stats(metric: Any, hypothesis: str, reference: str) -> list[float]:

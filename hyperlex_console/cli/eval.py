@@ -16,8 +16,13 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.paths import dirs
-from hyperlex_console.cli.common import emit_json, handles_errors, json_option, profile_option, \
-    stderr
+from hyperlex_console.cli.common import (
+    emit_json,
+    handles_errors,
+    json_option,
+    profile_option,
+    stderr,
+)
 
 TASK_HELP = "loss, reverse, test, register, density, assoc, roundtrip"
 

@@ -8,10 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from daemon.client import DaemonError
-
 TEXT_A = ("The lighthouse keeper climbed the stairs every night. He lit the lamp and watched "
           "the ships pass the rocks.\n\nIn the morning he wrote the log and slept until noon.")
 TEXT_B = ("Therefore, if every prime above two is odd, then the sum of two such primes is even. "
