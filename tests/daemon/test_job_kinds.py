@@ -109,4 +109,6 @@ def test_eval_job_with_a_missing_adapter_fails_with_its_path(client, tmp_path):
     job = client.job_submit("eval", {"adapter": str(tmp_path / "nowhere")},
                             profile="tiny-test")["job"]
     done = client.wait_job(job["id"], timeout=120)
-    assert done["state"] == "failed" and "nowhere" in (done["error"] or "")
+    assert done["state"] == "failed"
+    log = "\n".join(client.job_logs(job["id"], limit=500)["lines"])
+    assert "nowhere" in log and "does not exist" in log
