@@ -72,6 +72,9 @@ class EvalConfig:
     seed: int = 0
     n_resamples: int = 2000
     include_base: bool = False  # a base side even when comparing adapters with each other
+    judge: str | None = None  # PROFILE[:BACKEND] of an automatic pairwise judge
+    judge_limit: int | None = 40  # pairs judged at most, per comparison
+    ratings: Path | None = None  # people's ab_ratings.jsonl, ranked with Bradley–Terry
     out_dir: Path | None = None
     work_dir: Path | None = None
     on_event: Callable[[dict[str, Any]], None] | None = None
@@ -206,6 +209,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         records += _test_tasks(cfg, sides, backend, profile, extra)
     finally:
         backend.close()
+    records += _judges(cfg, records, sides_list, extra)
     metrics = build_metrics(records, sides_list, cfg, profile, extra)
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["mode"] = mode
@@ -301,6 +305,44 @@ def _test_tasks(cfg: EvalConfig, sides: Sides, backend: Any, profile: Any,
         out += run_tests(cases, generate, name, sides.sha256(name), classify)
         _emit(cfg, {"event": "progress", "task": "test", "side": name, "done": len(cases),
                     "total": len(cases)})
+    return out
+
+
+def _judges(cfg: EvalConfig, records: list[EvalRecord], sides: list[Side],
+            extra: dict[str, Any]) -> list[EvalRecord]:
+    """The automatic judge on reference-vs-other pairs, and people's ratings (after the
+    scored model is freed: the judge may be a bigger one)."""
+    from engine.evals import judging
+
+    out: list[EvalRecord] = []
+    if cfg.judge:
+        names = [side.name for side in sides]
+        reference = cfg.vs if cfg.vs in names else names[0]
+        judge = judging.open_judge(cfg.judge, (cfg.work_dir or Path(".")) / "judge-cache")
+        try:
+            summaries = []
+            for side in sides:
+                if side.name == reference or side.kind == "checkpoint":
+                    continue
+                mine = judging.judge_records(judge, records, reference, side.name,
+                                             cfg.judge_limit)
+                _emit(cfg, {"event": "progress", "task": "judge", "done": len(mine),
+                            "total": len(mine)})
+                if mine:
+                    from engine.evals.judge import summarise_judge
+
+                    summaries.append(summarise_judge(mine))
+                out += mine
+            extra["judge"] = summaries[0] if len(summaries) == 1 else \
+                {"judge": cfg.judge, "pairs": summaries}
+        finally:
+            judge.backend.close()
+    if cfg.ratings is not None:
+        rated, summary = judging.people(Path(cfg.ratings), seed=cfg.seed,
+                                        n_resamples=min(cfg.n_resamples, 1000))
+        out += rated
+        extra["people"] = {k: v for k, v in summary.items() if k != "ranking"}
+        extra["ranking"] = summary["ranking"] or None
     return out
 
 
@@ -402,6 +444,17 @@ def build_metrics(records: list[EvalRecord], sides: list[Side], cfg: EvalConfig,
             continue
         comparisons += differences(records, reference, side.name, seed=cfg.seed,
                                    n_resamples=cfg.n_resamples)
+    if cfg.judge:
+        from engine.evals.judging import judge_difference
+
+        for side in sides:
+            if side.name != reference and side.kind != "checkpoint":
+                found = judge_difference(records, reference, side.name, seed=cfg.seed,
+                                         n_resamples=cfg.n_resamples)
+                if found and "error" not in found:
+                    comparisons.append(found)
+                elif found:
+                    extra.setdefault("notes", []).append(f"judge: {found['error']}")
     if sweep and BASE in names:
         comparisons += differences(records, BASE, sweep[-1].name, seed=cfg.seed,
                                    n_resamples=cfg.n_resamples)

@@ -1,7 +1,8 @@
 """`python -m engine.evals.run`: an eval as a process, for the daemon's `eval` jobs.
 
     python -m engine.evals.run --profile P --adapter [NAME=]DIR [--adapter ...] [--vs base|NAME]
-        [--sweep RUN] [--tests FILE] [--data scenes.jsonl] [--tasks loss,reverse,...]
+        [--sweep RUN] [--tests FILE] [--judge PROFILE[:BACKEND]] [--ratings FILE]
+        [--data scenes.jsonl] [--tasks loss,reverse,...]
         [--limit N] [--seed S] [--run-dir DIR | -o DIR] --progress-jsonl
 
 The report (metrics.json, records.jsonl, report.md, report.html, plots/) goes to the run dir.
@@ -57,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vs", default="base", help="the side to compare against (base)")
     parser.add_argument("--sweep", type=Path, default=None, help="a run dir: every checkpoint")
     parser.add_argument("--tests", type=Path, default=None, help="a manual test file (JSONL)")
+    parser.add_argument("--judge", default=None,
+                        help="PROFILE[:BACKEND] of a pairwise judge (asked in both orders)")
+    parser.add_argument("--ratings", type=Path, default=None,
+                        help="people's A/B ratings (ab_ratings.jsonl) to rank")
     parser.add_argument("--data", type=Path, default=None,
                         help="scenes JSONL (default: the adapter's training data)")
     parser.add_argument("--mode", default=None, help="the held-out format (default: trained)")
@@ -85,6 +90,7 @@ def config_from_args(args: argparse.Namespace, on_event: Any = None) -> Any:
                       vs=args.vs, sweep=args.sweep, tests=args.tests, data=args.data,
                       mode=args.mode, tasks=tasks, limit=args.limit, seed=args.seed,
                       n_resamples=args.n_resamples, out_dir=out_dir,
+                      judge=getattr(args, "judge", None), ratings=getattr(args, "ratings", None),
                       work_dir=(out_dir / "work") if out_dir else None, on_event=on_event)
 
 

@@ -86,6 +86,12 @@ def _print_result(result: Any, as_json: bool) -> None:
               help="A run dir: every checkpoint of it becomes a side.")
 @click.option("--tests", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Manual tests (JSONL: prompt, register, must_contain, ...).")
+@click.option("--judge", default=None, metavar="PROFILE[:BACKEND]",
+              help="A pairwise judge: that profile's model, asked in both orders at "
+                   "temperature 0 (e.g. qwen:llamacpp, or a profile with an openai_url).")
+@click.option("--ratings", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="People's blind A/B ratings (the daemon's <state>/ab_ratings.jsonl): "
+                   "ranked with Bradley-Terry.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Scenes JSONL (default: what the adapter was trained on).")
 @click.option("--tasks", default=None, help=f"Comma-separated tasks ({TASK_HELP}).")
@@ -99,7 +105,8 @@ def _print_result(result: Any, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: str,
-          sweep: Path | None, tests: Path | None, data: Path | None, tasks: str | None,
+          sweep: Path | None, tests: Path | None, judge: str | None, ratings: Path | None,
+          data: Path | None, tasks: str | None,
           limit: int | None, seed: int, n_resamples: int, out_dir: Path | None,
           as_json: bool) -> None:
     """Evaluate adapters on held-out examples, paired against the base (or --vs NAME).
@@ -127,7 +134,8 @@ def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: 
         raise click.UsageError("give --adapter DIR (or --sweep RUN); see --help")
     out_dir = out_dir or _default_out(profile_name)
     args = argparse.Namespace(profile=profile_name, adapter=list(adapters), vs=vs, sweep=sweep,
-                              tests=tests, data=data, mode=None, tasks=tasks, limit=limit,
+                              tests=tests, judge=judge, ratings=ratings, data=data, mode=None,
+                              tasks=tasks, limit=limit,
                               seed=seed, n_resamples=n_resamples, run_dir=out_dir)
     display = _Display(enabled=True)
     try:

@@ -129,3 +129,43 @@ def test_plain_vs_hyper_trains_both_with_one_budget_and_compares_them(tmp_path: 
     before = weights.stat().st_mtime_ns
     again = train_pair(load_profile("tiny-test"), tmp_path / "pvh", max_steps=STEPS)
     assert again["plain"] == weights.parent and weights.stat().st_mtime_ns == before
+
+
+def _rating(a: str, b: str, verdict: str, when: float) -> str:
+    return json.dumps({"time": when, "prompt": "Why?", "rating": verdict,
+                       "answers": {"a": {"model": a, "text": "x"}, "b": {"model": b, "text": "y"},
+                                   "blind": True, "left": "a"}})
+
+
+def test_eval_with_a_judge_and_peoples_ratings(tiny_adapter: Path, tmp_path: Path):
+    """The tiny random model is a judge that names no winner: every verdict is missing and
+    counted as failed, never as a score of 0. People's ratings become a Bradley–Terry ranking."""
+    tests = tmp_path / "tests.jsonl"
+    tests.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"Tell me about {w}."}) + "\n"
+                             for i, w in enumerate(["rivers", "keys"])))
+    ratings = tmp_path / "ab_ratings.jsonl"
+    ratings.write_text("\n".join([_rating("base", "run", "b", 1.0), _rating("run", "base", "a", 2.0),
+                                  _rating("base", "run", "tie", 3.0), "not json",
+                                  _rating("base", "run", "skip", 4.0)]) + "\n")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, [
+        "eval", "--profile", "tiny-test", "--adapter", str(tiny_adapter), "--tests", str(tests),
+        "--tasks", "test", "--judge", "tiny-test:hf", "--ratings", str(ratings),
+        "--n-resamples", "200", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    judge = metrics["judge"]
+    assert judge["n"] + judge["n_failed"] == 2
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    judged = [r for r in records if r["task"] == "judge" and r["side"] == "base|run"
+              and r["meta"].get("judge") != "people"]
+    assert len(judged) == 2 and all(r["judge"] for r in judged)
+    for record in judged:
+        if record["meta"]["verdict"] == "missing":
+            assert record["values"]["score"] is None
+    assert metrics["people"]["ratings"] == 4 and metrics["people"]["outcomes"] == 3
+    assert metrics["people"]["bad_lines"] and "4" in metrics["people"]["bad_lines"][0]
+    ranking = {entry["name"]: entry for entry in metrics["ranking"]}
+    # run won 2 of 3 (one tie): it ranks first, its interval holds its strength
+    assert ranking["run"]["rank"] == 1 and ranking["run"]["strength"] > ranking["base"]["strength"]
+    assert ranking["run"]["low"] <= ranking["run"]["strength"] <= ranking["run"]["high"]
