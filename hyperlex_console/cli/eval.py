@@ -154,13 +154,15 @@ def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: 
 @click.option("--tests", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Manual tests for register agreement (e.g. the shipped held-out set).")
 @click.option("--limit", type=int, default=None, help="At most this many held-out examples.")
+@click.option("--reverse-limit", type=int, default=24, show_default=True,
+              help="Scenes whose text is written back from structure, per side.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Dir for both runs and the report (default: <state>/evals/<time>-...).")
 @json_option
 @handles_errors
 def plain_vs_hyper_command(profile_name: str, data: Path | None, max_steps: int | None,
-                           tests: Path | None, limit: int | None, seed: int,
+                           tests: Path | None, limit: int | None, reverse_limit: int, seed: int,
                            out_dir: Path | None, as_json: bool) -> None:
     """Train on plain texts and on hypertoken scenes with one budget, then compare.
 
@@ -189,7 +191,8 @@ def plain_vs_hyper_command(profile_name: str, data: Path | None, max_steps: int 
             display(event)
     try:
         result = plain_vs_hyper(load_profile(profile_name), out_dir, data=data,
-                                max_steps=max_steps, tests=tests, limit=limit, seed=seed,
+                                max_steps=max_steps, tests=tests, limit=limit,
+                                reverse_limit=reverse_limit, seed=seed,
                                 on_event=on_event)
     finally:
         display.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -193,6 +194,12 @@ def test_adapter_loads_in_plain_peft_and_outputs_are_written(make_profile, tmp_p
     card = json.loads((result.run_dir / "run_card.json").read_text())
     assert card["data"]["data_sha256"] == recipe.data.data_sha256
     assert card["metrics"]["steps"] == 4 and card["metrics"]["eval_loss"] == result.eval_loss
+    # The light eval: corpus perplexity exp(ΣNLL/Σtokens) = exp(mean held-out loss), and per
+    # register, before and after.
+    light = card["eval"]
+    assert light["ppl"] == pytest.approx(math.exp(result.eval_loss), rel=1e-4)
+    assert light["base_ppl"] == pytest.approx(math.exp(result.base_eval_loss), rel=1e-4)
+    assert light["per_register_ppl"] and all(v > 1 for v in light["per_register_ppl"].values())
     assert (result.run_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
     events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
