@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, HyperlexError
+from engine.events import json_event_stream
 
 
 def parse_adapters(values: list[str]) -> list[tuple[str, Path]]:
@@ -111,9 +111,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = sys.stdout
     if args.progress_jsonl:
-        events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
+        events = json_event_stream()
 
     def emit(event: dict[str, Any]) -> None:
         events.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")

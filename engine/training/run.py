@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from engine.data.formats import MODES
 from engine.errors import HyperlexError
+from engine.events import json_event_stream
 from engine.training.recipe import STOPPED_EXIT_CODE, RunConfig, main
 
 
@@ -66,11 +67,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = sys.stdout
     if args.progress_jsonl:
-        # Keep stdout for events only: whatever else is printed, by Python or C code, goes to
-        # stderr.
-        events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
+        events = json_event_stream()
     write = _event_writer(events, args.progress_jsonl)
     rank = int(os.environ.get("RANK", "0"))
     try:
