@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ConfigError, DataError, NotAvailableError
+from engine.errors import ConfigError, DataError
 from engine.evals import loss as loss_metric
 from engine.evals import reversibility, stats
 from engine.evals.records import EvalRecord, by_side, paired
@@ -72,6 +73,7 @@ class EvalConfig:
     seed: int = 0
     n_resamples: int = 2000
     include_base: bool = False  # a base side even when comparing adapters with each other
+    backend: str = "hf"  # what scores: hf, llamacpp (GGUF, logits of every position), openai
     judge: str | None = None  # PROFILE[:BACKEND] of an automatic pairwise judge
     judge_limit: int | None = 40  # pairs judged at most, per comparison
     ratings: Path | None = None  # people's ab_ratings.jsonl, ranked with Bradley–Terry
@@ -115,7 +117,8 @@ def _sides(cfg: EvalConfig) -> list[Side]:
     for name, directory in cfg.adapters:
         sides.append(adapter_side(name, directory))
     if cfg.sweep is not None:
-        work = Path(cfg.work_dir or (cfg.out_dir or Path(".")) / "sweep")
+        work = (Path(cfg.work_dir) / "sweep" if cfg.work_dir else
+                Path(tempfile.mkdtemp(prefix="hyperlex-sweep-")))
         sides += checkpoint_sides(cfg.sweep, work)
     if cfg.vs not in (None, BASE) and cfg.vs not in {side.name for side in sides}:
         raise ConfigError(f"--vs {cfg.vs}: no side of that name",
@@ -159,6 +162,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         DataError: no held-out example to score.
         NotAvailableError: perplexity asked of a backend without prompt log-probabilities.
     """
+    from engine.inference.base import open_backend
     from engine.inference.hf import HFBackend
     from engine.tokenizer import Hypertokenizer
     from engine.tokenizer.hypertokenizer import MANIFEST
@@ -185,7 +189,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
                         hint="raise training.held_out_fraction or give more documents")
     _emit(cfg, {"event": "log", "message": f"{len(samples)} held-out examples ({mode}); sides: "
                                            + ", ".join(s.name for s in sides_list)})
-    backend = HFBackend.from_profile(profile)
+    backend = HFBackend.from_profile(profile) if cfg.backend == "hf" else \
+        open_backend(profile, cfg.backend)
     records: list[EvalRecord] = []
     extra: dict[str, Any] = {"notes": notes}
     try:
@@ -213,6 +218,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     metrics = build_metrics(records, sides_list, cfg, profile, extra)
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["mode"] = mode
+    metrics["backend"] = cfg.backend
     if card:
         metrics["curves"] = _curves(cfg)
     result = EvalResult(metrics, records)
@@ -318,7 +324,10 @@ def _judges(cfg: EvalConfig, records: list[EvalRecord], sides: list[Side],
     if cfg.judge:
         names = [side.name for side in sides]
         reference = cfg.vs if cfg.vs in names else names[0]
-        judge = judging.open_judge(cfg.judge, (cfg.work_dir or Path(".")) / "judge-cache")
+        from engine.paths import dirs
+
+        # Shared by every eval: the same question to the same judge is asked once.
+        judge = judging.open_judge(cfg.judge, dirs().cache / "judge")
         try:
             summaries = []
             for side in sides:
@@ -481,13 +490,3 @@ def build_metrics(records: list[EvalRecord], sides: list[Side], cfg: EvalConfig,
         **{key: value for key, value in extra.items() if key != "notes"},
         "notes": extra.get("notes", []),
     }
-
-
-def refuse_without_logprobs(backend: Any) -> None:
-    """Raise when `backend` cannot score prompts (perplexity would be computed wrongly)."""
-    try:
-        backend.logits([0, 0], all_positions=True)
-    except NotAvailableError as exc:
-        raise NotAvailableError(f"perplexity cannot be computed on the {backend.name} "
-                                f"backend: {exc.message}",
-                                hint="score with the hf or llamacpp backend") from None

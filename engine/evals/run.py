@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vs", default="base", help="the side to compare against (base)")
     parser.add_argument("--sweep", type=Path, default=None, help="a run dir: every checkpoint")
     parser.add_argument("--tests", type=Path, default=None, help="a manual test file (JSONL)")
+    parser.add_argument("--backend", default="hf", choices=("hf", "llamacpp", "openai"),
+                        help="what scores the sides (llamacpp: the profile's GGUF)")
     parser.add_argument("--judge", default=None,
                         help="PROFILE[:BACKEND] of a pairwise judge (asked in both orders)")
     parser.add_argument("--ratings", type=Path, default=None,
@@ -91,6 +93,7 @@ def config_from_args(args: argparse.Namespace, on_event: Any = None) -> Any:
                       mode=args.mode, tasks=tasks, limit=args.limit, seed=args.seed,
                       n_resamples=args.n_resamples, out_dir=out_dir,
                       judge=getattr(args, "judge", None), ratings=getattr(args, "ratings", None),
+                      backend=getattr(args, "backend", "hf"),
                       work_dir=(out_dir / "work") if out_dir else None, on_event=on_event)
 
 
