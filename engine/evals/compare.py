@@ -70,6 +70,7 @@ class EvalConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     limit: int | None = None  # held-out examples per task at most
     reverse_limit: int = 24
+    reverse_path: str = "sceneformer"  # the way out: the scene's structure, or the side writes it
     seed: int = 0
     n_resamples: int = 2000
     include_base: bool = False  # a base side even when comparing adapters with each other
@@ -248,7 +249,10 @@ def _reverse(cfg: EvalConfig, sides: Sides, profile: Any, hypertokenizer: Any,
              scenes: list[Any], mode: str, extra: dict[str, Any]) -> list[EvalRecord]:
     bridge = held_out(profile, hypertokenizer, scenes, "bridge")
     texts = {scene.id: scene.text for scene in scenes}
-    path = "sceneformer"
+    path = cfg.reverse_path
+    if path not in reversibility.PATHS:
+        raise ConfigError(f"unknown reversibility path {path!r}",
+                          hint=f"one of: {', '.join(reversibility.PATHS)}")
     extra["sacrebleu"] = {"signature": reversibility.signature(), "path": path,
                           "trained_mode": mode}
     if mode != "bridge":

@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tests", type=Path, default=None, help="a manual test file (JSONL)")
     parser.add_argument("--backend", default="hf", choices=("hf", "llamacpp", "openai"),
                         help="what scores the sides (llamacpp: the profile's GGUF)")
+    parser.add_argument("--reverse-path", default="sceneformer", choices=("sceneformer", "bridge"),
+                        help="reversibility's way out: the scene's structure, or the side's")
     parser.add_argument("--judge", default=None,
                         help="PROFILE[:BACKEND] of a pairwise judge (asked in both orders)")
     parser.add_argument("--ratings", type=Path, default=None,
@@ -94,6 +96,7 @@ def config_from_args(args: argparse.Namespace, on_event: Any = None) -> Any:
                       n_resamples=args.n_resamples, out_dir=out_dir,
                       judge=getattr(args, "judge", None), ratings=getattr(args, "ratings", None),
                       backend=getattr(args, "backend", "hf"),
+                      reverse_path=getattr(args, "reverse_path", "sceneformer"),
                       work_dir=(out_dir / "work") if out_dir else None, on_event=on_event)
 
 

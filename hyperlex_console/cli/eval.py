@@ -91,6 +91,10 @@ def _print_result(result: Any, as_json: bool) -> None:
               help="What scores the sides: transformers, or llama.cpp on the profile's GGUF "
                    "(logits of every position). An OpenAI-style server is refused for "
                    "perplexity: it cannot return prompt log-probabilities.")
+@click.option("--reverse-path", type=click.Choice(["sceneformer", "bridge"]),
+              default="sceneformer", show_default=True,
+              help="Reversibility's way out: the sceneformer's structure, or the structure the "
+                   "side writes itself (text -> scene -> text through the bridge adapter).")
 @click.option("--judge", default=None, metavar="PROFILE[:BACKEND]",
               help="A pairwise judge: that profile's model, asked in both orders at "
                    "temperature 0 (e.g. qwen:llamacpp, or a profile with an openai_url).")
@@ -110,7 +114,8 @@ def _print_result(result: Any, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: str,
-          sweep: Path | None, tests: Path | None, backend: str, judge: str | None,
+          sweep: Path | None, tests: Path | None, backend: str, reverse_path: str,
+          judge: str | None,
           ratings: Path | None,
           data: Path | None, tasks: str | None,
           limit: int | None, seed: int, n_resamples: int, out_dir: Path | None,
@@ -140,7 +145,8 @@ def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: 
         raise click.UsageError("give --adapter DIR (or --sweep RUN); see --help")
     out_dir = out_dir or _default_out(profile_name)
     args = argparse.Namespace(profile=profile_name, adapter=list(adapters), vs=vs, sweep=sweep,
-                              tests=tests, backend=backend, judge=judge, ratings=ratings,
+                              tests=tests, backend=backend, reverse_path=reverse_path,
+                              judge=judge, ratings=ratings,
                               data=data, mode=None,
                               tasks=tasks, limit=limit,
                               seed=seed, n_resamples=n_resamples, run_dir=out_dir)

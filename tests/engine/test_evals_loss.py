@@ -174,3 +174,17 @@ def test_a_sweep_scores_every_checkpoint_and_its_last_matches_the_adapter(
     assert sweep[-1]["metrics"]["loss.ppl"] == pytest.approx(
         final.metrics["metrics"]["final"]["loss.ppl"], rel=1e-6)
     assert sweep[0]["metrics"]["loss.ppl"] != pytest.approx(sweep[-1]["metrics"]["loss.ppl"])
+
+
+def test_the_bridge_way_out_splices_written_structure_into_the_way_back():
+    from engine.evals.reversibility import _prompt_ids, _splice_structure
+
+    # prompt: [instruction 1 2] [structure 7 8 9] [between 3]; answer 5 6
+    sample = Sample(input_ids=[1, 2, 7, 8, 9, 3, 5, 6],
+                    labels=[IGNORE] * 6 + [5, 6],
+                    field_mask=[False, False, True, True, True, False, False, False])
+    assert _prompt_ids(sample) == [1, 2, 7, 8, 9, 3]
+    assert _splice_structure(sample, [40, 41]) == [1, 2, 40, 41, 3]
+    broken = Sample(input_ids=sample.input_ids, labels=sample.labels,
+                    field_mask=[False, True, False, True, True, False, False, False])
+    assert _splice_structure(broken, [40]) is None
