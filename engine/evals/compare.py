@@ -266,7 +266,10 @@ def _reverse(cfg: EvalConfig, sides: Sides, profile: Any, hypertokenizer: Any,
 def _scene_tasks(cfg: EvalConfig, scenes: list[Any], hypertokenizer: Any,
                  extra: dict[str, Any]) -> list[EvalRecord]:
     out: list[EvalRecord] = []
-    leaves = [s for s in scenes if s.level > 0 and s.text][:500]
+    from engine.evals.density import leaf_scenes
+
+    # The scenes training learns from (no container repeats its children's text), at most 500.
+    leaves = leaf_scenes(scenes)[:500]
     if "density" in cfg.tasks:
         from engine.evals.density import aggregate_density, density_records
 
