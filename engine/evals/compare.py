@@ -195,10 +195,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     records: list[EvalRecord] = []
     extra: dict[str, Any] = {"notes": notes}
     try:
-        if not any(side.adapter for side in sides_list):
-            ensure_vocabulary(backend, hypertokenizer)
         sides = Sides(backend, sides_list)
-        ensure_vocabulary(backend, hypertokenizer)
+        ensure_vocabulary(backend, hypertokenizer)  # a base-only eval: rows as training starts
         probe = sides.check_distinct(list(samples[0].input_ids[:64]))
         extra["probe"] = probe
         decode = _decoder(hypertokenizer)
@@ -392,9 +390,8 @@ def side_metrics(records: list[EvalRecord], side: str) -> dict[str, float | None
     if loss:
         for key, value in loss_metric.aggregate_loss(loss).items():
             out[f"loss.{key}"] = value
-    text = [dataclasses.replace(r, task="loss") for r in mine if r.task == "text"]
-    if text:
-        out["text.ppl"] = loss_metric.aggregate_loss(text)["ppl"]
+    if any(r.task == "text" for r in mine):
+        out["text.ppl"] = loss_metric.aggregate_loss(mine, task="text")["ppl"]
     reverse = [r for r in mine if r.task == "reverse"]
     if reverse:
         for key, value in reversibility.aggregate_reverse(reverse).items():

@@ -117,10 +117,11 @@ def _ppl(nll: float, tokens: float) -> float | None:
     return math.exp(nll / tokens) if tokens else None
 
 
-def aggregate_loss(records: Iterable[EvalRecord]) -> dict[str, float | None]:
-    """Corpus figures of one side's `loss` records: ppl, bpb, seq_ppl, seq_bpb, field_ppl,
-    text_ppl, nll_per_token and `ppl[<register>]` (see the module docstring)."""
-    mine = [r for r in records if r.task == "loss"]
+def aggregate_loss(records: Iterable[EvalRecord], task: str = "loss"
+                   ) -> dict[str, float | None]:
+    """Corpus figures of one side's `loss` (or `text`) records: ppl, bpb, seq_ppl, seq_bpb,
+    field_ppl, text_ppl, nll_per_token and `ppl[<register>]` (see the module docstring)."""
+    mine = [r for r in records if r.task == task]
     sums = {key: sum(r.values[key] for r in mine) for key in SUMS}
     out: dict[str, float | None] = {
         "ppl": _ppl(sums["nll"], sums["tokens"]),
