@@ -30,6 +30,7 @@ import zmq
 
 from daemon import __version__, services
 from daemon import protocol as proto
+from daemon.chat_scheduler import Chat, ChatScheduler
 from daemon.connection import (
     ConnectionInfo,
     InstanceLock,
@@ -43,7 +44,6 @@ from daemon.connection import (
 )
 from daemon.events import HEARTBEAT_TOPIC, STATUS_TOPIC, EventHistory
 from daemon.jobs import FINAL_STATES, JOB_KINDS, JobLog, JobStore, job_kind
-from daemon.models import Chat, ModelManager
 from daemon.workers import JobProcess, kill_leftover_group
 from engine.errors import ConfigError, HyperlexError, NotAvailableError
 from engine.paths import Dirs, dirs
@@ -185,11 +185,11 @@ class Server:
         self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs")
         self._recover_jobs()
         self._refresh_job_counts()
-        self.models = ModelManager(self.publish_threadsafe, self.profile,
-                                   keep_alive_s=self.settings.keep_alive_s,
-                                   router=services.router,
-                                   memory=lambda profile, name:
-                                   services.open_memory(profile, self.dirs.state, name))
+        self.models = ChatScheduler(self.publish_threadsafe, self.profile,
+                                    keep_alive_s=self.settings.keep_alive_s,
+                                    router=services.router,
+                                    memory=lambda profile, name:
+                                    services.open_memory(profile, self.dirs.state, name))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

@@ -254,7 +254,7 @@ class FakeMemory:
 def fake_opener(backends: list[FakeBackend] | None = None, profile: Any = None,
                 factory: Callable[[], FakeBackend] | None = None
                 ) -> Callable[[str], tuple[FakeBackend, Any]]:
-    """An `opener(profile_name) -> (backend, profile)` for the daemon's model manager that
+    """An `opener(profile_name) -> (backend, profile)` for the daemon's chat scheduler that
     makes a new FakeBackend each load and appends it to `backends`."""
     made = backends if backends is not None else []
 

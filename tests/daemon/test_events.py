@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import time
@@ -12,8 +11,6 @@ import pytest
 
 from daemon.client import AsyncClient, Client
 from daemon.connection import read_connection_file
-
-TRAINING_MISSING = importlib.util.find_spec("engine.training") is None
 
 
 def _drain(stream, count, timeout=30.0):
@@ -40,8 +37,7 @@ def test_dropped_events_are_detected_as_a_gap_and_recovered(start_daemon):
 
 @pytest.mark.parametrize("kind, params, profile", [
     ("selftest", {"max_steps": 60, "step_time": 0.02}, None),
-    pytest.param("train", {"max_steps": 12}, "tiny-test", marks=pytest.mark.skipif(
-        TRAINING_MISSING, reason="engine.training is not in this build yet")),
+    ("train", {"max_steps": 12}, "tiny-test"),
 ])
 def test_client_disconnect_mid_job_loses_no_event(client: Client, kind, params, profile):
     job = client.job_submit(kind, params, profile=profile)["job"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import pytest
@@ -10,9 +9,6 @@ import pytest
 from daemon.client import DaemonError
 from daemon.jobs import JobLog
 from daemon.selftest_job import loss_at
-
-TRAINING_MISSING = importlib.util.find_spec("engine") is None or \
-    importlib.util.find_spec("engine.training") is None
 
 
 def _progress(stream, until, timeout=30.0):
@@ -48,17 +44,13 @@ def test_request_id_makes_submit_idempotent(client):
     assert len(client.job_list()["jobs"]) == 1
 
 
-def test_failed_job_and_unavailable_kind(client):
+def test_failed_job_and_unknown_kind(client):
     job = client.job_submit("selftest", {"max_steps": 5, "step_time": 0.01, "fail_at": 2})["job"]
     done = client.wait_job(job["id"])
     assert done["state"] == "failed" and "exit code 3" in done["error"]
     with pytest.raises(DaemonError) as err:
         client.job_submit("no-such-kind")
     assert "unknown job kind" in err.value.message
-    if TRAINING_MISSING:
-        with pytest.raises(DaemonError) as err:
-            client.job_submit("train", {"max_steps": 2})
-        assert err.value.type == "NotAvailableError" and "not available" in err.value.message
 
 
 def test_cancel_sends_sigterm_and_the_job_checkpoints(client):
@@ -182,8 +174,6 @@ def test_kill_9_mid_job_then_restart_resumes_from_checkpoint(start_daemon):
     assert steps[-1]["step"] == 40 and job["result"]["final_loss"] == loss_at(40)
 
 
-@pytest.mark.skipif(TRAINING_MISSING, reason="engine.training is not in this build yet: the "
-                    "kill -9 test runs against the real `train` kind once it lands")
 def test_kill_9_during_tiny_training_resumes_and_loss_continues(start_daemon):
     before, steps, job = _kill9_and_resume(
         start_daemon, "train", {"max_steps": 30}, min_step=5, timeout=240,

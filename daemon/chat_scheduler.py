@@ -1,10 +1,13 @@
-"""Chat inference inside the daemon: one model kept loaded, chats queued fairly, streamed.
+"""The daemon's chat scheduler: one model kept loaded, chats queued fairly, streamed.
 
-`ModelManager` opens the profile's inference backend (llama.cpp on a GGUF) on first use, keeps it while chats come
-(unloading after `keep_alive_s` idle) and unloads it on a profile switch. One chat thread runs
-generations one at a time; waiting chats are served round-robin across client sessions, so a
-client with ten queued chats does not starve one with a single chat. Tokens are handed to
-`publish(topic, data)` as they come; a cancelled chat stops at the next token.
+`ChatScheduler` opens the profile's inference backend (llama.cpp on a GGUF) on first use, keeps
+it while chats come (unloading after `keep_alive_s` idle) and unloads it on a profile switch.
+One chat thread runs generations one at a time; waiting chats are served round-robin across
+client sessions, so a client with ten queued chats does not starve one with a single chat.
+Tokens are handed to `publish(topic, data)` as they come; a cancelled chat stops at the next
+token. Every failure, a model that does not load included, is an `error` event followed by
+`done`; the chat thread keeps serving. The chat queue has no cap, so chats never get a busy
+answer (the job queue has one: daemon.jobs).
 
 Each chat is one run of engine.inference.turn's `ChatTurn`, the chat turn every front end
 shares: it routes (when asked), loads the adapter it needs once (`LoadedAdapters`; switching
@@ -14,7 +17,8 @@ turn decided (adapter, route, cited scene ids, turns dropped); `done` repeats it
 A chat without an adapter runs on the base model.
 
 The backend, the router and the memory come from injected openers (the engine's by default), so
-the scheduler is tested with engine.testing's fake backend. Knows nothing of sockets.
+the scheduler is tested in-process with engine.testing's fake backend. Not to be confused with
+engine.models, which resolves model specs to files. Knows nothing of sockets or requests.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-log = logging.getLogger("hyperlexd.models")
+log = logging.getLogger("hyperlexd.chat")
 Publish = Callable[[str, dict[str, Any]], None]
 # profile name -> the profile's router (engine.routing.Router: `route(prompt)`, `config.adapters`)
 RouterFn = Callable[[str], Any]
@@ -67,8 +71,8 @@ class Chat:
         self.topic = f"chat.{self.chat_id}.token"
 
 
-class ModelManager:
-    """Owns the loaded llama.cpp model and the chat thread.
+class ChatScheduler:
+    """Owns the loaded model, the chat queue and the one chat thread that serves it.
 
     Args:
         publish: thread-safe event publisher.
