@@ -225,7 +225,7 @@ def main() -> None:
             derived.write_text(f'name = "bench"\nextends = "{args.profile}"\n'
                                f"[device]\nthreads = {args.threads}\n")
             args.profile = str(derived)
-        from daemon.__main__ import spawn_detached
+        from daemon.launch import spawn_detached
         from daemon.client import Client
 
         pid = spawn_detached(["--profile", args.profile])
