@@ -8,8 +8,9 @@
 - A/B, blind: one prompt goes to base and the chosen target, drawn to the left (A) or the right
   (B) at random for each prompt and labelled only "A" and "B"; `a`, `b`, `=` (tie) or `s` (skip)
   rates them, the note then says which model was which, and the daemon appends the rating
-  (`ab_rating`) to `<state>/ab_ratings.jsonl` for the evals: `answers` keyed by the label shown, each with its
-  model and text, plus `"blind": true, "left": "a"` (A is the left column).
+  (`ab_rating`) to `<state>/ab_ratings.jsonl` for the evals: `answers` keyed by the label
+  shown, each with its model and text, plus `"blind": true, "left": "a"` (A is the left
+  column). The pair waiting for its rating is a `BlindPair` of two `BlindAnswer`s.
 
 Requests go through the link from workers; tokens arrive as `chat.<id>.token` events.
 """
