@@ -225,8 +225,8 @@ def main() -> None:
             derived.write_text(f'name = "bench"\nextends = "{args.profile}"\n'
                                f"[device]\nthreads = {args.threads}\n")
             args.profile = str(derived)
-        from daemon.__main__ import spawn_detached
         from daemon.client import Client
+        from daemon.launch import spawn_detached
 
         pid = spawn_detached(["--profile", args.profile])
         client = Client(timeout=30.0)

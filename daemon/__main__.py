@@ -3,70 +3,19 @@
     hyperlexd [--foreground] [--profile P] [--bind tcp://HOST:PORT] [--no-curve]
     hyperlexd --print-connection      # the running daemon's connection file, for SSH clients
 
-It knows nothing of the console.
+It is only the command line: serving and starting in the background live in daemon.launch,
+which front ends import. It knows nothing of the console.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.handlers
 import os
-import subprocess
 import sys
-import time
 
-from daemon.connection import connection_file_path, read_connection_file
+from daemon.connection import connection_file_path
+from daemon.launch import serve, spawn_detached
 from engine.errors import HyperlexError
-from engine.paths import dirs, project_root
-
-
-def log_file_path():
-    """The daemon's own log (rotated), read by `hyperlex daemon logs`."""
-    return dirs().state / "hyperlexd.log"
-
-
-def _setup_logging(foreground: bool) -> None:
-    d = dirs().ensure()
-    handler = logging.handlers.RotatingFileHandler(d.state / "hyperlexd.log",
-                                                   maxBytes=2_000_000, backupCount=3)
-    handlers: list[logging.Handler] = [handler]
-    if foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def spawn_detached(args: list[str], wait_s: float = 30.0) -> int:
-    """Start `hyperlexd --foreground ARGS` in the background; return its pid once it serves.
-
-    Raises:
-        HyperlexError: it exited early or did not write its connection file in time.
-    """
-    path = connection_file_path()
-    before = path.stat().st_mtime_ns if path.exists() else None
-    log_path = log_file_path()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root()),
-                                                    env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "--foreground", *args],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                start_new_session=True)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise HyperlexError(f"hyperlexd exited with code {proc.returncode}",
-                                hint=f"see {log_path}")
-        if path.exists() and path.stat().st_mtime_ns != before:
-            try:
-                if read_connection_file(path).pid == proc.pid:
-                    return proc.pid
-            except HyperlexError:
-                pass
-        time.sleep(0.05)
-    raise HyperlexError(f"hyperlexd did not start within {wait_s:.0f} s", hint=f"see {log_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,13 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = spawn_detached(passthrough)
             print(f"hyperlexd started (pid {pid})")
             return 0
-        from daemon.server import Server, ServerOptions
-
-        _setup_logging(foreground=True)
-        server = Server(ServerOptions(profile=args.profile, bind=args.bind,
-                                      curve=not args.no_curve))
-        server.start()
-        server.serve_forever()
+        serve(args.profile, args.bind, curve=not args.no_curve)
         return 0
     except FileNotFoundError:
         print(f"hyperlexd: no daemon is running (no {connection_file_path()})", file=sys.stderr)

@@ -98,7 +98,7 @@ def start_local_daemon(profile: str | None) -> int:
     Raises:
         HyperlexError: it did not start (the message names its log file).
     """
-    from daemon.__main__ import spawn_detached
+    from daemon.launch import spawn_detached
 
     return spawn_detached(["--profile", profile] if profile else [])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +26,6 @@ import click
 from click.core import ParameterSource
 
 from daemon.client import DaemonError
-from daemon.protocol import new_id
 from engine.errors import ConfigError, HyperlexError
 from hyperlex_console.cli.common import emit_json, handles_errors, stderr
 from hyperlex_console.cli.reach import daemon_client, daemon_options
@@ -123,7 +123,7 @@ def chat_through_daemon(*, prompt: str | None, connect_file: str | None, ssh: st
     with daemon_client(connect_file, ssh, may_start=True, profile=profile) as client:
         if profile:
             _check_profile(client, profile)
-        chat_id = new_id()
+        chat_id = uuid.uuid4().hex  # the chat's events arrive under chat.<id>.
         start: dict[str, Any] = {}
         done: dict[str, Any] = {}
         try:

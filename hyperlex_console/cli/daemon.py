@@ -9,9 +9,9 @@ import time
 
 import click
 
-from daemon.__main__ import log_file_path, spawn_detached
 from daemon.client import Client
 from daemon.connection import AlreadyRunningError, connection_file_path, holder_pid
+from daemon.launch import log_file_path, serve, spawn_detached
 from engine.errors import HyperlexError
 from engine.paths import dirs
 from hyperlex_console.cli.common import emit_json, handles_errors, json_option, stdout
@@ -38,12 +38,10 @@ def start_command(profile_name: str, bind: str | None, foreground: bool) -> None
     if holder:
         raise AlreadyRunningError(f"hyperlexd is already running (pid {holder})",
                                   hint="`hyperlex daemon status` shows it")
-    args = ["--profile", profile_name] + (["--bind", bind] if bind else [])
     if foreground:
-        from daemon.__main__ import main as daemon_main
-
-        sys.exit(daemon_main(["--foreground", *args]))
-    pid = spawn_detached(args)
+        serve(profile_name, bind)
+        return
+    pid = spawn_detached(["--profile", profile_name] + (["--bind", bind] if bind else []))
     stdout.print(f"hyperlexd started (pid {pid}); logs: {log_file_path()}")
 
 

@@ -27,7 +27,7 @@ from hyperlex_console.cli.common import (
 TASK_HELP = "loss, reverse, test, register, density, assoc, roundtrip"
 
 
-class _Display:
+class _EvalProgress:
     """Eval events as one progress bar per task on stderr."""
 
     def __init__(self, enabled: bool):
@@ -150,7 +150,7 @@ def group(ctx: click.Context, profile_name: str, adapters: tuple[str, ...], vs: 
                               data=data, mode=None,
                               tasks=tasks, limit=limit,
                               seed=seed, n_resamples=n_resamples, run_dir=out_dir)
-    display = _Display(enabled=True)
+    display = _EvalProgress(enabled=True)
     try:
         result = run_eval(config_from_args(args, on_event=display))
     finally:
@@ -194,7 +194,7 @@ def plain_vs_hyper_command(profile_name: str, data: Path | None, max_steps: int 
     from engine.profiles import load_profile
 
     out_dir = out_dir or _default_out(f"{profile_name}-plain-vs-hyper")
-    display = _Display(enabled=True)
+    display = _EvalProgress(enabled=True)
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "step" and event["step"] % 10 == 0:

@@ -49,14 +49,14 @@ def progress_text(progress: dict[str, Any] | None) -> str:
     return ""
 
 
-class _Plain:
+class _JobLines:
     """One line on stderr per state change, checkpoint, log line; steps at most once a second."""
 
     def __init__(self, job_id: int, show_logs: bool):
         self.job_id, self.show_logs = job_id, show_logs
         self.last_step_at = 0.0
 
-    def __enter__(self) -> _Plain:
+    def __enter__(self) -> _JobLines:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -78,7 +78,7 @@ class _Plain:
             self.say(progress_text(event))
 
 
-class _Bar(_Plain):
+class _JobBar(_JobLines):
     """A rich progress bar on stderr; state changes and log lines print above it."""
 
     def __init__(self, job_id: int, show_logs: bool, label: str):
@@ -89,7 +89,7 @@ class _Bar(_Plain):
                             transient=True)
         self.task = self.bar.add_task(label, total=None)
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> _JobBar:
         self.bar.start()
         return self
 
@@ -126,7 +126,8 @@ def follow_job(client: Client, job_id: int, stream: EventStream, *, label: str =
         bar: a progress bar (True) or plain lines (False); default: a bar on a terminal.
     """
     bar = sys.stderr.isatty() if bar is None else bar
-    view = _Bar(job_id, show_logs, label or f"job {job_id}") if bar else _Plain(job_id, show_logs)
+    view = (_JobBar(job_id, show_logs, label or f"job {job_id}") if bar
+            else _JobLines(job_id, show_logs))
     with view:
         while True:
             event = stream.next(timeout=QUIET_S)

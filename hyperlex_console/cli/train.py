@@ -41,7 +41,7 @@ def _run_dir(resume: str | None) -> Path | None:
                       hint=f"give a run directory, or a run name under {dirs().state / 'runs'}")
 
 
-class _Display:
+class _TrainProgress:
     """Turns the recipe's events into a rich progress bar and short log lines on stderr."""
 
     def __init__(self, quiet: bool):
@@ -121,7 +121,7 @@ def group(profile_name: str, mode: str | None, max_steps: int | None, data: Path
       hyperlex train --profile default --resume 20250101-120000-default-output-only
     """
     profile = load_profile(profile_name)
-    display = _Display(quiet=False)
+    display = _TrainProgress(quiet=False)
     try:
         result = main(RunConfig(profile=profile, run_dir=_run_dir(resume) or run_dir, data=data,
                                 mode=mode, max_steps=max_steps, resume=resume is not None,

@@ -7,21 +7,20 @@
   as hypertoken segments (`rag_k`); the scenes it cited are listed above the answer.
 - A/B, blind: one prompt goes to base and the chosen target, drawn to the left (A) or the right
   (B) at random for each prompt and labelled only "A" and "B"; `a`, `b`, `=` (tie) or `s` (skip)
-  rates them, the note then says which model was which, and the rating is appended to
-  `<state>/ab_ratings.jsonl` for the evals: `answers` keyed by the label shown, each with its
-  model and text, plus `"blind": true, "left": "a"` (A is the left column).
+  rates them, the note then says which model was which, and the daemon appends the rating
+  (`ab_rating`) to `<state>/ab_ratings.jsonl` for the evals: `answers` keyed by the label
+  shown, each with its model and text, plus `"blind": true, "left": "a"` (A is the left
+  column). The pair waiting for its rating is a `BlindPair` of two `BlindAnswer`s.
 
 Requests go through the link from workers; tokens arrive as `chat.<id>.token` events.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from rich.markup import escape
@@ -30,41 +29,46 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Select, Static
 
-from daemon.client import DaemonError
 from hyperlex_console.widgets.chat_message import ChatMessage
 from hyperlex_console.widgets.pane import Pane
-
-RATINGS_FILE = "ab_ratings.jsonl"
-
-
-def ratings_path() -> Path:
-    from engine.paths import dirs
-
-    return dirs().ensure().state / RATINGS_FILE
-
-
-def save_rating(record: dict[str, Any]) -> Path:
-    """Append one A/B rating as a JSON line; returns the file."""
-    path = ratings_path()
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
-
 
 RAG_K = 3  # scenes the daemon retrieves into a prompt when RAG is on
 
 
-def hits_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
-    """Normalise a memory_search reply to a list of {scene_id, score, scene}."""
-    results = reply.get("results", reply)
-    if isinstance(results, dict):
-        results = results.get("hits", [])
-    hits = []
-    for item in results or []:
-        scene = item.get("scene") if isinstance(item.get("scene"), dict) else item
-        hits.append({"scene_id": item.get("scene_id", scene.get("id", "?")),
-                     "score": item.get("score"), "scene": scene})
-    return hits
+@dataclass
+class BlindAnswer:
+    """One side of a blind A/B pair: the model that answers it, and its text once finished."""
+
+    model: str
+    options: dict[str, Any]  # the chat request's target: {"adapter": ref}, {"route": True}, {}
+    route: dict[str, Any] | None = None  # where the daemon routed it (told only after rating)
+    text: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The answer as the daemon's `ab_rating` keeps it: model, target, confidence, text."""
+        out = {"model": self.model, **self.options}
+        if self.route is not None:
+            out["route_confidence"] = self.route.get("confidence")
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+
+@dataclass
+class BlindPair:
+    """A blind A/B comparison waiting for its rating: one prompt, its answers labelled A and B."""
+
+    prompt: str
+    a: BlindAnswer
+    b: BlindAnswer
+
+    def side(self, label: str) -> BlindAnswer:
+        return self.a if label == "a" else self.b
+
+    @property
+    def answered(self) -> bool:
+        """Both answers have finished: the pair can be rated."""
+        return self.a.text is not None and self.b.text is not None
 
 
 class ChatPane(Pane):
@@ -87,7 +91,7 @@ class ChatPane(Pane):
         super().__init__(**kwargs)
         self.history: list[dict[str, str]] = []
         self.streams: dict[str, ChatMessage] = {}
-        self.pending_ab: dict[str, Any] | None = None
+        self.awaiting_rating: BlindPair | None = None
         self.ab_messages: dict[str, ChatMessage] = {}  # the answers shown as A and B
         # True: the target goes left (A) and base right (B). Drawn for each A/B prompt.
         self.draw_swap: Callable[[], bool] = lambda: secrets.randbelow(2) == 1
@@ -128,25 +132,10 @@ class ChatPane(Pane):
     async def _load_adapters(self) -> None:
         try:
             reply = await self.request("adapters")
-        except DaemonError as exc:
-            if exc.type != "UnknownType":
-                return
-            reply = None  # an older daemon: adapters are the succeeded training jobs
         except Exception:
-            return
-        if reply is not None:
-            # "job:ID" refs: the daemon resolves them and switches adapters without reloading.
-            self.set_adapters({f"adapter: job {a['job']}" if a.get("job") else a["name"]:
-                               a.get("ref") or a["path"] for a in reply.get("known") or []})
-            return
-        try:
-            jobs = (await self.request("job_list", "succeeded", 200))["jobs"]
-        except Exception:
-            return
-        self.set_adapters({f"adapter: job {j['id']}": str(j["result"]["adapter_dir"])
-                           for j in jobs if j.get("kind") == "train"
-                           and isinstance(j.get("result"), dict)
-                           and j["result"].get("adapter_dir")})
+            return  # the targets stay as they are until the next connect or finished training
+        # "job:ID" refs: the daemon resolves them and switches adapters without reloading.
+        self.set_adapters({f"adapter: job {a['job']}": a["ref"] for a in reply["known"]})
 
     def set_adapters(self, adapters: dict[str, str]) -> None:
         """Offer these adapters (label -> path) as chat targets."""
@@ -227,9 +216,8 @@ class ChatPane(Pane):
             # Blind: the labels name no model until the pair is rated.
             plan = [(side, side.upper(), options)
                     for side, (_, options) in zip("ab", models, strict=True)]
-            self.pending_ab = {"prompt": prompt, **{side: {"model": model, **options}
-                                                    for side, (model, options)
-                                                    in zip("ab", models, strict=True)}}
+            self.awaiting_rating = BlindPair(prompt, *(BlindAnswer(model, options)
+                                                       for model, options in models))
             self.ab_messages = {}
             messages = [{"role": "user", "content": prompt}]
         else:
@@ -276,9 +264,9 @@ class ChatPane(Pane):
             side = getattr(message, "side", "a")
             if getattr(message, "blind", False):
                 # Blind A/B: the route is kept for the rating, not shown before it.
-                if self.pending_ab is not None and self.ab_messages.get(side) is message:
-                    self.pending_ab[side].update(model=model,
-                                                 route_confidence=route.get("confidence"))
+                if self.awaiting_rating is not None and self.ab_messages.get(side) is message:
+                    answer = self.awaiting_rating.side(side)
+                    answer.model, answer.route = model, route
             else:
                 message.label = label
                 message._draw()
@@ -315,9 +303,9 @@ class ChatPane(Pane):
 
     def _answer_finished(self, message: ChatMessage) -> None:
         side = getattr(message, "side", "a")
-        if self.pending_ab is not None:
-            self.pending_ab[side]["text"] = message.text
-            if all("text" in self.pending_ab[s] for s in ("a", "b")):
+        if self.awaiting_rating is not None:
+            self.awaiting_rating.side(side).text = message.text
+            if self.awaiting_rating.answered:
                 self.note("rate: [b]a[/b] = A better · [b]b[/b] = B better · [b]=[/b] tie "
                           "· [b]s[/b] = skip · i = back to the input")
                 self._column("a").focus()
@@ -367,30 +355,25 @@ class ChatPane(Pane):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "rate":
-            return self.pending_ab is not None and all(
-                "text" in self.pending_ab[s] for s in ("a", "b"))
+            return self.awaiting_rating is not None and self.awaiting_rating.answered
         return super().check_action(action, parameters)
 
     @work(group="chat-rate", exit_on_error=False)
     async def action_rate(self, verdict: str) -> None:
-        pending, self.pending_ab = self.pending_ab or {}, None
+        pair, self.awaiting_rating = self.awaiting_rating, None
+        if pair is None:
+            return
         # Keyed by the label shown, so the rating names its answer whichever side it was on.
-        answers = {"a": pending.get("a"), "b": pending.get("b"), "blind": True, "left": "a"}
+        answers = {"a": pair.a.record(), "b": pair.b.record(), "blind": True, "left": "a"}
         try:
             # The daemon keeps the ratings next to its runs, where the evals read them.
-            reply = await self.request("ab_rating", pending.get("prompt", ""), answers, verdict)
-            where = f"the daemon's {reply.get('path')} ({reply.get('count')} ratings)"
-        except DaemonError as exc:
-            if exc.type != "UnknownType":
-                self.pending_ab = pending
-                self.note(f"[red]{self.explain(exc, 'saving the rating')}[/]")
-                return
-            # An older daemon: keep it on this machine, in the daemon's line format.
-            where = str(save_rating({"time": round(time.time(), 3),
-                                     "prompt": pending.get("prompt", ""), "answers": answers,
-                                     "rating": verdict,
-                                     "profile": getattr(self.app, "profile", None)}))
-        models = {side: str((pending.get(side) or {}).get("model", "?")) for side in ("a", "b")}
+            reply = await self.request("ab_rating", pair.prompt, answers, verdict)
+        except Exception as exc:
+            self.awaiting_rating = pair  # kept: the same keys rate it again
+            self.note(f"[red]{self.explain(exc, 'saving the rating')}[/]")
+            return
+        where = f"the daemon's {reply['path']} ({reply['count']} ratings)"
+        models = {"a": pair.a.model, "b": pair.b.model}
         for side, message in self.ab_messages.items():
             message.label = f"{side.upper()}: {models[side]}"  # revealed now it is rated
             message._draw()

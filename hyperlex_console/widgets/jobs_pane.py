@@ -14,7 +14,6 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from daemon.client import DaemonError
 from hyperlex_console.widgets.pane import Pane
 
 COLUMNS = (("id", "ID"), ("kind", "KIND"), ("profile", "PROFILE"), ("state", "STATE"),
@@ -296,8 +295,8 @@ class JobsPane(Pane):
     async def action_resume(self) -> None:
         """Resume a failed, cancelled or interrupted job from its checkpoint (`job_resume`).
 
-        A job without a checkpoint starts over; a succeeded one (or any job on a daemon
-        without `job_resume`) runs again as a new job with the same kind, params and profile.
+        A job without a checkpoint starts over; a succeeded one runs again as a new job with
+        the same kind, params and profile.
         """
         job_id = self.selected_job
         job = self.jobs.get(job_id) if job_id is not None else None
@@ -309,19 +308,14 @@ class JobsPane(Pane):
         if job.get("state") != "succeeded":
             try:
                 reply = await self.request("job_resume", job_id, restart=True)
-            except DaemonError as exc:
-                if exc.type != "UnknownType":
-                    self.note(f"[red]{self.explain(exc, f'resuming job {job_id}')}[/]")
-                    return
             except Exception as exc:
                 self.note(f"[red]{self.explain(exc, f'resuming job {job_id}')}[/]")
                 return
-            else:
-                self.jobs[job_id] = reply["job"]
-                self.redraw()
-                self.note(f"job {job_id} queued again " + (
-                    "to resume from its checkpoint" if reply.get("resume") else "from the start"))
-                return
+            self.jobs[job_id] = reply["job"]
+            self.redraw()
+            self.note(f"job {job_id} queued again " + (
+                "to resume from its checkpoint" if reply["resume"] else "from the start"))
+            return
         params = dict(job.get("params") or {})
         self._send_submit(job["kind"], params, job.get("profile"))
 

@@ -76,10 +76,9 @@ class ProfilesPane(Pane):
         except Exception as exc:
             self.note(self.explain(exc, "listing profiles"))
             return
-        # Entries are {name, path}; older daemons sent bare paths.
-        self.paths = dict((entry["name"], entry["path"]) if isinstance(entry, dict)
-                          else (Path(entry).stem, entry) for entry in reply["profiles"])
-        self.current = reply.get("current")
+        # The reply: {profiles: [{name, path}], current}.
+        self.paths = {entry["name"]: entry["path"] for entry in reply["profiles"]}
+        self.current = reply["current"]
         table = self.query_one("#profiles-table", DataTable)
         selected = self.selected
         table.clear()

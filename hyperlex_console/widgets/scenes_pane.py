@@ -8,7 +8,6 @@ from textual import on, work
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
-from hyperlex_console.widgets.chat_pane import hits_of
 from hyperlex_console.widgets.pane import Pane
 
 
@@ -49,17 +48,15 @@ class ScenesPane(Pane):
         except Exception as exc:
             note.update(f"[yellow]{self.explain(exc, 'scene memory search')}[/]")
             return
-        self.hits = hits_of(reply)
-        results = reply.get("results")
-        hint = reply.get("hint") or (results.get("hint") if isinstance(results, dict) else None)
-        total = reply.get("scenes")
-        note.update(f"{len(self.hits)} scenes for '{query}'"
-                    + (f" (of {total} in memory)" if isinstance(total, int) else "")
+        # The reply: {hits: [{scene_id, score, scene}], hint, memory, scenes (the count)}.
+        self.hits = reply["hits"]
+        hint = reply["hint"]
+        note.update(f"{len(self.hits)} scenes for '{query}' (of {reply['scenes']} in memory)"
                     + (f" · {hint}" if hint else ""))
         for i, hit in enumerate(self.hits):
             scene = hit["scene"]
             score = hit["score"]
-            table.add_row(f"{score:.3f}" if isinstance(score, (int, float)) else "",
+            table.add_row(f"{score:.3f}",
                           str(hit["scene_id"]), str(scene.get("register") or ""),
                           (scene.get("text") or "").replace("\n", " ")[:60], key=str(i))
         if self.hits:

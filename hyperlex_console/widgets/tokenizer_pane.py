@@ -1,8 +1,9 @@
 """The tokenizer pane: type text, see its pieces coloured by kind, ids, and the round-trip verdict.
 
-`e` runs the edge-case suite (empty-ish input, whitespace, Unicode, emoji, RTL, CJK, long
-numbers, code, and text that spells a hypertoken, which must never become a hypertoken id).
-Everything comes from the daemon's `tokenize` request for the current profile's tokenizer.
+`e` runs the edge-case suite (whitespace, Unicode, emoji, RTL, CJK, long numbers, code, and
+text that spells a hypertoken, which must never become a hypertoken id). Everything comes from
+the daemon: `tokenize` and `tokenizer_suite` (engine.tokenizer.suite) on the current profile's
+hypertokenizer.
 """
 
 from __future__ import annotations
@@ -15,22 +16,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
-from daemon.client import DaemonError
 from hyperlex_console.widgets.pane import Pane
 
-EDGE_CASES = [
-    ("spaces", "  two  spaces  "),
-    ("newlines", "line one\nline two\n\n"),
-    ("accents", "naïve café déjà vu"),
-    ("cyrillic", "Привет, мир"),
-    ("cjk", "日本語のテキスト"),
-    ("rtl", "שלום עולם"),
-    ("emoji", "ok 👍🏽 family 👨‍👩‍👧"),
-    ("number", "3.14159265358979323846"),
-    ("code", "def f(x):\n    return x**2  # square"),
-    ("hypertoken spelled", "<|scene|> not a scene <|reg:logic|>"),
-    ("control", "tab\tbell\x07end"),
-]
 PIECE_STYLES = ["on #264f78", "on #3a3d41"]  # alternate so neighbouring pieces stay apart
 KIND_COLOURS = {"space": "#8a8a8a", "number": "#d7af5f", "punct": "#5fafd7", "word": "#ffffff"}
 
@@ -38,37 +25,15 @@ KIND_COLOURS = {"space": "#8a8a8a", "number": "#d7af5f", "punct": "#5fafd7", "wo
 def normalise(reply: dict[str, Any], text: str) -> dict[str, Any]:
     """Pieces `[{id, piece, kind}]`, `decoded` and `round_trip` from a tokenize reply.
 
-    The daemon's reply carries `tokens`: a list of ids, a list of piece dicts, or a dict
-    with `pieces`/`tokens`, `ids`, `decoded` and `round_trip`.
+    The reply is `{ids, pieces, count, hypertoken_ids}`: `pieces[i]` is the text that `ids[i]`
+    stands for on its own (or `<0xNN>` for part of a character).
     """
-    body = reply.get("tokens", reply)
-    info: dict[str, Any] = body if isinstance(body, dict) else {"pieces": body}
-    raw = info.get("pieces", info.get("tokens", []))
-    ids = info.get("ids") or []
-    pieces = []
-    for i, item in enumerate(raw or []):
-        if isinstance(item, dict):
-            piece = item.get("piece", item.get("text", item.get("token", "")))
-            kind = item.get("kind") or ("hypertoken" if item.get("hypertoken") else
-                                        "special" if item.get("special") else "normal")
-            pieces.append({"id": item.get("id"), "piece": str(piece), "kind": str(kind)})
-        elif isinstance(item, int):
-            pieces.append({"id": item, "piece": "", "kind": "id"})
-        else:
-            pieces.append({"id": ids[i] if i < len(ids) else None, "piece": str(item),
-                           "kind": "normal"})
-    hyper_ids = set(info.get("hypertoken_ids") or [])
-    for piece in pieces:
-        if piece["kind"] == "normal":
-            piece["kind"] = piece_kind(piece["id"], piece["piece"], hyper_ids)
-    decoded = info.get("decoded")
-    if decoded is None and pieces and all(p["kind"] != "id" for p in pieces):
-        # The pieces are the decoded text of each id: joined, they must give the text back.
-        decoded = "".join(p["piece"] for p in pieces)
-    verdict = info.get("round_trip")
-    if verdict is None and decoded is not None:
-        verdict = decoded == text
-    return {"pieces": pieces, "decoded": decoded, "round_trip": verdict}
+    hyper_ids = set(reply["hypertoken_ids"])
+    pieces = [{"id": token_id, "piece": piece, "kind": piece_kind(token_id, piece, hyper_ids)}
+              for token_id, piece in zip(reply["ids"], reply["pieces"], strict=True)]
+    # The pieces are the decoded text of each id: joined, they must give the text back.
+    decoded = "".join(p["piece"] for p in pieces)
+    return {"pieces": pieces, "decoded": decoded, "round_trip": decoded == text}
 
 
 def piece_kind(token_id: Any, piece: str, hypertoken_ids: set[Any]) -> str:
@@ -167,42 +132,22 @@ class TokenizerPane(Pane):
         try:
             suite = await self.request("tokenizer_suite", lane="tokenizer")
         except Exception as exc:
-            if not isinstance(exc, DaemonError) or exc.type != "UnknownType":
-                table.display = False
-                self.query_one("#tok-pieces", Static).update(
-                    Text(self.explain(exc, "the tokenizer edge suite"), style="yellow"))
-                return
-            suite = None  # an older daemon: run the cases through `tokenize` one by one
-        if suite is not None:
-            self.show_suite(suite)
+            table.display = False
+            self.query_one("#tok-pieces", Static).update(
+                Text(self.explain(exc, "the tokenizer edge suite"), style="yellow"))
             return
-        for name, text in EDGE_CASES:
-            try:
-                result = normalise(await self.request("tokenize", text, lane="tokenizer"), text)
-            except Exception as exc:
-                table.display = False
-                self.query_one("#tok-pieces", Static).update(
-                    Text(self.explain(exc, "the tokenizer edge suite"), style="yellow"))
-                return
-            hyper = sum(1 for p in result["pieces"] if p["kind"] == "hypertoken")
-            verdict = result["round_trip"]
-            table.add_row(name, str(len(result["pieces"])),
-                          "?" if verdict is None else ("ok" if verdict else "[red]CHANGED[/]"),
-                          f"[red]{hyper} (injection!)[/]" if hyper else "0")
+        self.show_suite(suite)
 
     def show_suite(self, suite: dict[str, Any]) -> None:
         """The daemon's edge-case suite: one row a case, and the summary above the table."""
         table = self.query_one("#tok-suite", DataTable)
         self.suite = suite
-        for case in suite.get("cases") or []:
-            special = sum(1 for flag in case.get("special") or [] if flag)
-            verdict = case.get("round_trip")
-            table.add_row(str(case.get("name")), str(len(case.get("ids") or [])),
-                          "?" if verdict is None else ("ok" if verdict else "[red]CHANGED[/]"),
+        cases = suite["cases"]
+        for case in cases:
+            special = sum(case["special"])
+            table.add_row(case["name"], str(len(case["ids"])),
+                          "ok" if case["round_trip"] else "[red]CHANGED[/]",
                           f"[red]{special} (injection!)[/]" if special else "0")
-        cases = suite.get("cases") or []
-        exact = sum(1 for c in cases if c.get("round_trip"))
-        tokenizer = suite.get("tokenizer") or {}
+        exact = sum(1 for c in cases if c["round_trip"])
         self.query_one("#tok-verdict", Static).update(
-            f"edge suite on {tokenizer.get('base', suite.get('profile', '?'))}: "
-            f"{exact}/{len(cases)} round trips exact")
+            f"edge suite on {suite['tokenizer']['base']}: {exact}/{len(cases)} round trips exact")

@@ -279,9 +279,9 @@ async def test_chat_pane_streams_an_answer_and_the_daemon_saves_ab_ratings(daemo
             chat.draw_swap = lambda swapped=swapped: swapped
             chat.query_one("#chat-input").focus()
             await pilot.press(*prompt, "enter")
-            await wait_for(pilot, lambda: chat.pending_ab and all(
-                "text" in chat.pending_ab[s] for s in "ab"), timeout=90,
-                what="both A/B answers")
+            await wait_for(pilot, lambda: chat.awaiting_rating is not None
+                           and chat.awaiting_rating.answered, timeout=90,
+                           what="both A/B answers")
             # Blind: the answers are labelled A and B only, and no note names a model.
             shown = [chat.ab_messages["a"], chat.ab_messages["b"]]
             assert [m.label for m in shown] == ["A", "B"]

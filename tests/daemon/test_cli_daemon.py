@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from daemon.connection import connection_file_path, read_connection_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +39,34 @@ def test_daemon_start_status_logs_stop():
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     after = hyperlex("daemon", "status")
     assert after.returncode == 1 and "not running" in after.stdout
+
+
+def test_daemon_start_foreground_serves_in_that_process_until_sigterm():
+    """`--foreground` serves in the command's own process (the pid in the connection file) and
+    logs to the terminal and to the log that `hyperlex daemon logs` reads."""
+    proc = subprocess.Popen([sys.executable, "-m", "hyperlex_console.cli", "daemon", "start",
+                             "--foreground", "--profile", "tiny-test"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "hyperlexd --foreground did not start"
+            try:
+                if read_connection_file(connection_file_path()).pid == proc.pid:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.05)
+        status = json.loads(hyperlex("daemon", "status", "--json").stdout)
+        assert status["pid"] == proc.pid and status["profile"] == "tiny-test"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    assert "serving ipc://" in output
+    assert "serving ipc://" in hyperlex("daemon", "logs", "-n", "50").stdout
 
 
 def test_keys_gen_allow_list(tmp_path):
