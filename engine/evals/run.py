@@ -6,22 +6,20 @@
         [--limit N] [--seed S] [--run-dir DIR | -o DIR] --progress-jsonl
 
 The report (metrics.json, records.jsonl, report.md, report.html, plots/) goes to the run dir.
-With `--progress-jsonl`, stdout carries one JSON object a line: `{"event":"log",...}`,
-`{"event":"progress","task":...,"done":...,"total":...}`, then `{"event":"done","summary":[...],
-"report":..., "metrics":...}`, or on failure `{"event":"error","type":...,"message":...,
-"hint":...}` (exit 1). Knows nothing of the daemon.
+Events (`engine.job_entry` keeps the contract): `log`, `progress` (`task`, `done`, `total`),
+then `done` (`summary` lines, `report`, `metrics`, `differences`) or `error` (exit 1). Knows
+nothing of the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, HyperlexError
-from engine.events import json_event_stream
+from engine.errors import ConfigError
+from engine.job_entry import Events, job_parser, run_job
 
 
 def parse_adapters(values: list[str]) -> list[tuple[str, Path]]:
@@ -48,10 +46,10 @@ def parse_adapters(values: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.evals.run", allow_abbrev=False,
-                                     description="Evaluate adapters against the base or "
-                                                 "each other.")
+def parser() -> argparse.ArgumentParser:
+    """The command line of an eval job."""
+    parser = job_parser("python -m engine.evals.run",
+                        "Evaluate adapters against the base or each other.")
     parser.add_argument("--profile", required=True, help="profile name or .toml path")
     parser.add_argument("--adapter", action="append", default=[],
                         help="[NAME=]DIR of a PEFT adapter (repeat, or comma-separate)")
@@ -75,9 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--run-dir", "-o", type=Path, default=None, help="where the report goes")
     parser.add_argument("--resume", action="store_true", help="accepted for jobs; runs again")
-    parser.add_argument("--progress-jsonl", action="store_true",
-                        help="print one JSON event per line on stdout, nothing else")
-    return parser.parse_args(argv)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace, on_event: Any = None) -> Any:
@@ -112,27 +108,16 @@ def done_event(result: Any) -> dict[str, Any]:
                             for d in result.metrics["differences"]]}
 
 
+def evaluate(args: argparse.Namespace, events: Events) -> dict[str, Any]:
+    """Run the eval, its progress through `events`; returns the `done` event."""
+    from engine.evals.compare import run_eval
+
+    return done_event(run_eval(config_from_args(args, on_event=events)))
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = parse_args(argv)
-    events = sys.stdout
-    if args.progress_jsonl:
-        events = json_event_stream()
-
-    def emit(event: dict[str, Any]) -> None:
-        events.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        events.flush()
-
-    try:
-        from engine.evals.compare import run_eval
-
-        result = run_eval(config_from_args(args, on_event=emit))
-    except HyperlexError as error:
-        emit({"event": "error", **error.to_dict()})
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    emit(done_event(result))
-    return 0
+    return run_job(parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

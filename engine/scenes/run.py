@@ -4,33 +4,26 @@
         [--sceneformer rule|llm] [--registers lexicon|embedding|none] [--embed] --progress-jsonl
 
 `--input` is a file or folder (.txt .md .jsonl). The output defaults to `<run-dir>/scenes.jsonl`
-and is written atomically. With `--progress-jsonl`, stdout carries one JSON object a line:
-`{"event":"progress","stage":"documents","done":N}` per document, `{"event":"log",...}` for
-warnings, `{"event":"done","output":...,"scenes":...}`, and on failure
-`{"event":"error",...}` (exit 1). `--resume` builds again: the build is deterministic and
-cheap, so the result is the same. Knows nothing of the daemon.
+and is written atomically. Events (`engine.job_entry` keeps the contract): `progress` (stage
+`documents`) per document, `log` for warnings, then `done` (`output`, `scenes`, ...) or `error`
+(exit 1). `--resume` builds again: the build is deterministic and cheap, so the result is the
+same. Knows nothing of the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.errors import DataError, HyperlexError
+from engine.errors import DataError
+from engine.job_entry import Events, job_parser, run_job
 
 
-def emit(event: dict[str, Any]) -> None:
-    """One progress event on stdout."""
-    sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.scenes.run",
-                                     description="Build scenes from texts.")
+def parser() -> argparse.ArgumentParser:
+    """The command line of a scenes job."""
+    parser = job_parser("python -m engine.scenes.run", "Build scenes from texts.")
     parser.add_argument("--profile", default="default", help="profile name or .toml path")
     parser.add_argument("--input", required=True, help="a file or folder of texts")
     parser.add_argument("--output", type=Path, default=None,
@@ -41,12 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default="lexicon")
     parser.add_argument("--embed", action="store_true", help="fill scene vectors (MiniLM)")
     parser.add_argument("--resume", action="store_true", help="build again (deterministic)")
-    parser.add_argument("--progress-jsonl", action="store_true",
-                        help="print JSON events on stdout (always on; kept for the contract)")
-    return parser.parse_args(argv)
+    return parser
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, events: Events) -> dict[str, Any]:
     """Build and write; returns the `done` event."""
     from engine.corpus.sources import CorpusReader, ReadOptions
     from engine.profiles import load_profile
@@ -83,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def on_warning(warning: Any) -> None:
         summary.warnings.append(str(warning))
-        emit({"event": "log", "message": f"warning: {warning}"})
+        events.log(f"warning: {warning}")
 
     reader = CorpusReader(ReadOptions(), on_warning=on_warning)
     output = args.output or args.run_dir / "scenes.jsonl"
@@ -92,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def on_document(_doc: Any) -> None:
         done[0] += 1
-        emit({"event": "progress", "stage": "documents", "done": done[0], "total": None})
+        events.progress("documents", done[0], None)
 
     with SceneWriter(output) as writer:
         for scene in build(reader.read([args.input]), former, classifier=classifier,
@@ -109,14 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = parse_args(argv)
-    try:
-        emit(run(args))
-    except HyperlexError as error:
-        emit({"event": "error", **error.to_dict()})
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_job(parser(), run, argv)
 
 
 if __name__ == "__main__":

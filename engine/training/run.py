@@ -3,33 +3,27 @@
     python -m engine.training.run --profile P --run-dir DIR [--data scenes.jsonl] [--mode M]
         [--max-steps N] [--resume] [--stop-at-step N] --progress-jsonl
 
-With `--progress-jsonl`, stdout carries only JSON objects, one a line:
-`{"event":"step",...}`, `{"event":"eval",...}`, `{"event":"checkpoint",...}`,
-`{"event":"log","message":...}`, `{"event":"done",...}`, and on failure
-`{"event":"error","type":...,"message":...,"hint":...}`. Anything else a library prints goes to
-stderr. Exit codes: 0 done; 1 a reported error; 143 stopped by SIGTERM after writing a
+Events (`engine.job_entry` keeps the contract): `step`, `eval`, `checkpoint`, `log`, then `done`
+or `error`. Exit codes: 0 done; 1 a reported error; 143 stopped by SIGTERM after writing a
 checkpoint (continue with `--resume`). Under `torchrun` or `accelerate launch` only rank 0
-prints. Without `--data` the demo corpus is used. This module knows nothing of the daemon.
+prints. Without `--progress-jsonl` the events are lines for a person. Without `--data` the demo
+corpus is used. This module knows nothing of the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 from engine.data.formats import MODES
-from engine.errors import HyperlexError
-from engine.events import json_event_stream
+from engine.job_entry import Event, Events, Finished, job_parser, run_job
 from engine.training.recipe import STOPPED_EXIT_CODE, RunConfig, main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.training.run",
-                                     description="Train a LoRA adapter with a profile.")
+def parser() -> argparse.ArgumentParser:
+    """The command line of a training job."""
+    parser = job_parser("python -m engine.training.run", "Train a LoRA adapter with a profile.")
     parser.add_argument("--profile", required=True, help="profile name or .toml path")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the run directory (default: <state>/runs/<time>-<profile>-<mode>)")
@@ -41,49 +35,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="continue the run in --run-dir from its latest checkpoint")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop after this step with a checkpoint, as SIGTERM would")
-    parser.add_argument("--progress-jsonl", action="store_true",
-                        help="print one JSON event per line on stdout, nothing else")
-    return parser.parse_args(argv)
+    return parser
 
 
-def _event_writer(stream: TextIO, as_json: bool):
-    def write(event: dict[str, Any]) -> None:
-        if as_json:
-            stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-        elif event["event"] == "step":
-            stream.write(f"step {event['step']}/{event['max_steps']}  loss {event['loss']:.4f}  "
-                         f"lr {event['lr']:.2e}  {event['tokens_per_s']:.0f} tok/s  "
-                         f"eta {event['eta_s']:.0f}s\n")
-        elif event["event"] == "eval":
-            stream.write(f"eval  step {event['step']}  held-out loss {event['eval_loss']}\n")
-        else:
-            stream.write(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") + "\n")
-        stream.flush()
-    return write
+def human_line(event: Event) -> str:
+    """An event as a line for a person at a terminal."""
+    if event["event"] == "step":
+        return (f"step {event['step']}/{event['max_steps']}  loss {event['loss']:.4f}  "
+                f"lr {event['lr']:.2e}  {event['tokens_per_s']:.0f} tok/s  "
+                f"eta {event['eta_s']:.0f}s")
+    if event["event"] == "eval":
+        return f"eval  step {event['step']}  held-out loss {event['eval_loss']}"
+    return " ".join(f"{k}={v}" for k, v in event.items() if k != "event")
+
+
+def train(args: argparse.Namespace, events: Events) -> Finished:
+    """Run the recipe; it emits its own `done` event."""
+    from engine.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    result = main(RunConfig(profile=profile, run_dir=args.run_dir, data=args.data,
+                            mode=args.mode, max_steps=args.max_steps, resume=args.resume,
+                            stop_at_step=args.stop_at_step, on_event=events),
+                  handle_sigterm=True)
+    return Finished(exit_code=STOPPED_EXIT_CODE if result.stopped else 0)
 
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = parse_args(argv)
-    events = sys.stdout
-    if args.progress_jsonl:
-        events = json_event_stream()
-    write = _event_writer(events, args.progress_jsonl)
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        from engine.profiles import load_profile
-
-        profile = load_profile(args.profile)
-        result = main(RunConfig(profile=profile, run_dir=args.run_dir, data=args.data,
-                                mode=args.mode, max_steps=args.max_steps, resume=args.resume,
-                                stop_at_step=args.stop_at_step, on_event=write),
-                      handle_sigterm=True)
-    except HyperlexError as error:
-        if rank == 0:
-            write({"event": "error", **error.to_dict()})
-            print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    return STOPPED_EXIT_CODE if result.stopped else 0
+    return run_job(parser(), train, argv, human=human_line)
 
 
 if __name__ == "__main__":
