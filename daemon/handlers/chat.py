@@ -10,6 +10,7 @@ from daemon import api, services
 from daemon import protocol as proto
 from daemon.handlers.jobs import resolve_adapter
 from daemon.models import Chat
+from engine.errors import DataError
 
 if TYPE_CHECKING:
     from daemon.server import Server
@@ -62,4 +63,16 @@ def adapters(server: Server, req: api.Empty, msg: proto.Message) -> api.Adapters
 
 def route(server: Server, req: api.RouteRequest, msg: proto.Message) -> api.RouteReply:
     """The router's decision for `prompt` (scores, adapter or base/mix), or a hint."""
-    return api.RouteReply(**services.route(req.profile or server.profile, req.prompt))
+    return api.RouteReply(**route_prompt(req.profile or server.profile, req.prompt))
+
+
+def route_prompt(profile_name: str, prompt: str) -> dict[str, Any]:
+    """Where a prompt goes: `{"route": decision|None, "hint": str|None}`.
+
+    Without a trained classifier the reply has no decision and a hint naming the command.
+    """
+    try:
+        decision = services.router(profile_name).route(prompt)
+    except DataError as exc:
+        return {"route": None, "hint": f"{exc.message}; {exc.hint}" if exc.hint else exc.message}
+    return {"route": decision.to_dict(), "hint": None}
