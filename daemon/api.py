@@ -19,6 +19,7 @@ engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
 import sys
@@ -490,12 +491,17 @@ def _field_kinds(hint: Any) -> tuple[tuple[type, ...] | None, bool]:
     return kinds, type(None) in args
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[dataclasses.Field, tuple[type, ...] | None, bool], ...]:
+    """Each field of a request or reply dataclass with its accepted types (worked out once)."""
+    hints = typing.get_type_hints(cls, vars(sys.modules[__name__]))
+    return tuple((f, *_field_kinds(hints[f.name])) for f in dataclasses.fields(cls))
+
+
 def parse(request: type[Request], content: dict[str, Any]) -> Request:
     """`content` as a `request`, or BadRequest naming the field that is missing or wrong."""
-    hints = typing.get_type_hints(request, vars(sys.modules[__name__]))
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(request):
-        kinds, _ = _field_kinds(hints[f.name])
+    for f, kinds, _ in _schema(request):
         value = content.get(f.name)
         if value is None:  # absent and null read the same, as they always have
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -518,15 +524,13 @@ END = "<!-- end of generated requests -->"
 
 
 def _fields(cls: type) -> str:
-    hints = typing.get_type_hints(cls, vars(sys.modules[__name__]))
     out = []
-    for f in dataclasses.fields(cls):
+    for f, kinds, nullable in _schema(cls):
         if f.name == "extra":
             out.append("…")
             continue
         optional = issubclass(cls, Request) and (
             f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
-        kinds, nullable = _field_kinds(hints[f.name])
         kind = "any" if kinds is None else "|".join(k.__name__ for k in kinds)
         if nullable and kinds is not None and not issubclass(cls, Request):
             kind += "|null"
@@ -550,7 +554,7 @@ def document(text: str) -> str:
     head, found, rest = text.partition(BEGIN)
     _, found_end, tail = rest.partition(END)
     if not found or not found_end:
-        raise HyperlexError(f"docs/daemon.md lacks the markers of the generated request table",
+        raise HyperlexError("docs/daemon.md lacks the markers of the generated request table",
                             hint=f"put {BEGIN!r} and {END!r} where it goes")
     return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
 

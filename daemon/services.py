@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 _lock = threading.Lock()
 _embedders: dict[str, Any] = {}
 _embedder_locks: dict[str, threading.Lock] = {}

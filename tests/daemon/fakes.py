@@ -63,11 +63,18 @@ class InProcessDaemon:
         self.runner = runner
         self.server = Server(ServerOptions(profile=profile, settings=settings, home=dirs(),
                                            chat_opener=fake_opener(), job_runner=runner))
-        self.server.start()
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(False,),
-                                       daemon=True, name="test-daemon")
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True,
+                                       name="test-daemon")
         self.thread.start()
+        assert started.wait(5), "the in-process daemon did not start"
         self.client = Client(self.server.info, timeout=2.0, retries=0)
+
+    def _run(self, started: threading.Event) -> None:
+        # start() on the loop's own thread: the job store's SQLite connection is used there.
+        self.server.start()
+        started.set()
+        self.server.serve_forever(install_signals=False)
 
     def call(self, verb: str, **content: Any) -> dict[str, Any]:
         """The raw reply content (ok or error) of one request."""

@@ -46,7 +46,7 @@ def test_one_heavy_and_one_light_run_and_the_next_starts_on_exit(setup):
     assert store.get(h1)["state"] == "succeeded" and sorted(runner.started) == [h1, h2, l1]
     runner.started[l1].exit(1)
     assert store.get(l1)["state"] == "failed" and l2 in runner.started
-    assert ("job.%d.progress" % h1, {"event": "state", "state": "succeeded",
+    assert (f"job.{h1}.progress", {"event": "state", "state": "succeeded",
                                      "exit_code": 0}) in events
 
 
