@@ -1,9 +1,9 @@
-"""Engine calls behind the daemon's one-shot requests: memory search, routing, tokenizer suite,
-A/B ratings and the machine's device and memory figures.
+"""What more than one of the daemon's domains shares: the sentence embedder, scene memories and
+routers (requests and the chat scheduler both use them), A/B ratings, and the machine's device
+and memory figures. Helpers that serve one domain live in that domain's daemon.handlers module.
 
-Each function takes plain values and returns JSON-safe data for a reply. Loaded things that are
-slow to build (the sentence embedder, routers, hypertokenizers) are cached here, keyed by what
-they were built from, and guarded by locks because requests run on worker threads.
+Loaded things that are slow to build (the sentence embedder, routers) are cached here, keyed by
+what they were built from, and guarded by a lock because requests run on worker threads.
 
 This module knows the engine's public APIs; it knows nothing of sockets or the console.
 """
@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import DataError
-
 _lock = threading.Lock()
 _embedders: dict[str, Any] = {}
 _embedder_locks: dict[str, threading.Lock] = {}
 _routers: dict[tuple[str, str, float], Any] = {}
-_tokenizers: dict[str, Any] = {}
 
 
 class _LockedEmbedder:
@@ -57,30 +54,6 @@ def embedder(spec: str) -> Any:
 def memory_dir(state: Path, name: str = "default") -> Path:
     """A named scene memory under the daemon's state dir (engine.memory's default place)."""
     return state / "memory" / name
-
-
-def _jsonable_scene(scene: dict[str, Any]) -> dict[str, Any]:
-    # A scene's vector is hundreds of floats the front ends never show.
-    return {k: v for k, v in scene.items() if k != "vector"}
-
-
-def memory_search(profile_name: str, state: Path, query: str, k: int = 5,
-                  filters: dict[str, Any] | None = None, memory: str = "default"
-                  ) -> dict[str, Any]:
-    """Search the profile's scene memory.
-
-    Returns:
-        `{"hits": [{"scene_id", "score", "scene"}], "hint": str|None, "memory": path,
-        "scenes": count}`; an empty memory gives no hits and a hint.
-    """
-    path = memory_dir(state, memory)
-    # The memory's own embedder (fixed by its first write) may differ from the profile's.
-    with open_memory(profile_name, state, memory) as scene_memory:
-        result = scene_memory.search(query, k, {f: v for f, v in (filters or {}).items() if v})
-        count = len(scene_memory)
-    hits = [{"scene_id": h.scene_id, "score": round(float(h.score), 6),
-             "scene": _jsonable_scene(h.scene)} for h in result.hits]
-    return {"hits": hits, "hint": result.hint, "memory": str(path), "scenes": count}
 
 
 def open_memory(profile_name: str, state: Path, name: str = "default") -> Any:
@@ -137,39 +110,6 @@ def router(profile_name: str, classifier: Path | None = None) -> Any:
     with _lock:
         _routers[key] = built
     return built
-
-
-def route(profile_name: str, prompt: str) -> dict[str, Any]:
-    """Where a prompt goes: `{"route": decision|None, "hint": str|None}`.
-
-    Without a trained classifier the reply has no decision and a hint naming the command.
-    """
-    try:
-        decision = router(profile_name).route(prompt)
-    except DataError as exc:
-        return {"route": None, "hint": f"{exc.message}; {exc.hint}" if exc.hint else exc.message}
-    return {"route": decision.to_dict(), "hint": None}
-
-
-def hypertokenizer(profile_name: str) -> Any:
-    """The profile's hypertokenizer, built once per daemon."""
-    with _lock:
-        tokenizer = _tokenizers.get(profile_name)
-    if tokenizer is None:
-        from engine.profiles import load_profile
-        from engine.tokenizer import Hypertokenizer
-
-        tokenizer = Hypertokenizer.from_profile(load_profile(profile_name))
-        with _lock:
-            _tokenizers[profile_name] = tokenizer
-    return tokenizer
-
-
-def tokenizer_suite(profile_name: str) -> dict[str, Any]:
-    """engine.tokenizer's edge-case suite on the profile's hypertokenizer (cases, rates)."""
-    from engine.tokenizer.suite import run_suite
-
-    return {"profile": profile_name, **run_suite(hypertokenizer(profile_name))}
 
 
 def save_ab_rating(state: Path, record: dict[str, Any]) -> dict[str, Any]:

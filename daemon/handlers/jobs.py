@@ -1,0 +1,103 @@
+"""Job requests (loop thread): submit, list, get, cancel, logs, resume; and the adapter a
+`job:ID` reference names, which chats and export jobs use."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from daemon import api
+from daemon import protocol as proto
+from daemon.jobs import JobLog, job_kind
+
+if TYPE_CHECKING:
+    from daemon.server import Server
+
+JOB_REF = re.compile(r"job:(\d+)")
+# Job states a job_resume request may restart.
+RESUMABLE = ("failed", "cancelled", "interrupted")
+
+
+def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api.JobSubmitReply:
+    params = dict(req.params)
+    profile = req.profile or server.profile
+    if isinstance(params.get("adapter"), str) and JOB_REF.fullmatch(params["adapter"]):
+        params["adapter"] = resolve_adapter(server, params["adapter"])["path"]
+    job_kind(req.kind).command({"params": {}, "profile": profile, "run_dir": "",
+                                "resume": False})
+    job, created = server.store.submit(req.kind, profile, dict(params), req.request_id,
+                                       server.settings.max_queue)
+    if created:
+        JobLog(Path(job["run_dir"])).append(f"{time.strftime('%F %T')} [daemon] queued "
+                                            f"{req.kind} with {params}")
+        server.scheduler.publish_state(job["id"], "queued")
+        server.scheduler.schedule()
+        job = server.store.get(job["id"])
+    return api.JobSubmitReply(job=job, created=created)
+
+
+def list_(server: Server, req: api.JobListRequest, msg: proto.Message) -> api.JobListReply:
+    return api.JobListReply(jobs=server.store.list(req.state, max(1, min(req.limit, 1000))))
+
+
+def get(server: Server, req: api.JobIdRequest, msg: proto.Message) -> api.JobReply:
+    return api.JobReply(job=server.store.get(req.id))
+
+
+def cancel(server: Server, req: api.JobIdRequest, msg: proto.Message) -> api.JobReply:
+    return api.JobReply(job=server.scheduler.cancel(req.id))
+
+
+def logs(server: Server, req: api.JobLogsRequest, msg: proto.Message) -> api.JobLogsReply:
+    job = server.store.get(req.id)
+    page = JobLog(Path(job["run_dir"])).read(max(0, req.offset), max(1, min(req.limit, 5000)))
+    return api.JobLogsReply(**page)
+
+
+def resume(server: Server, req: api.JobResumeRequest, msg: proto.Message) -> api.JobResumeReply:
+    """Queue a failed, cancelled or interrupted job again, from its checkpoint.
+
+    Without a checkpoint it is refused unless `restart` is true (then it starts over).
+    """
+    job = server.store.get(req.id)
+    if job["state"] not in RESUMABLE:
+        raise api.BadRequest(f"job {job['id']} is {job['state']}: only "
+                             f"{', '.join(RESUMABLE)} jobs can be resumed")
+    if not job["checkpoint"] and not req.restart:
+        raise api.BadRequest(f"job {job['id']} has no checkpoint to resume from",
+                             hint="send restart=true to run it again from the start")
+    again = bool(job["checkpoint"])
+    server.store.update(job["id"], state="queued", resume=int(again), finished=None,
+                        pid=None, error=None)
+    JobLog(Path(job["run_dir"])).append(
+        f"{time.strftime('%F %T')} [daemon] queued again "
+        + (f"to resume from {job['checkpoint']}" if again else "to restart"))
+    server.scheduler.publish_state(job["id"], "queued", resume=again)
+    server.scheduler.schedule()
+    return api.JobResumeReply(job=server.store.get(job["id"]), resume=again)
+
+
+def resolve_adapter(server: Server, spec: str) -> dict[str, str]:
+    """A chat's adapter: "job:ID" (a succeeded train job), a PEFT dir or GGUF LoRA path, or
+    the name of an adapter already loaded. Returns `{name, path?}`."""
+    match = JOB_REF.fullmatch(spec)
+    if match:
+        job = server.store.get(int(match.group(1)))
+        adapter_dir = (job.get("result") or {}).get("adapter_dir")
+        if job["state"] != "succeeded" or not adapter_dir:
+            raise api.BadRequest(f"job {job['id']} ({job['kind']}, {job['state']}) has no "
+                                 "adapter", hint="use a succeeded train job")
+        return {"name": f"job-{job['id']}", "path": adapter_dir}
+    path = Path(spec).expanduser()
+    if "/" in spec or path.exists():
+        if not path.exists():
+            raise api.BadRequest(f"adapter {spec} does not exist")
+        path = path.resolve()
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
+        # PEFT adapter names become module keys: no dots or slashes.
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.name)[:40] or "adapter"
+        return {"name": f"{stem}-{digest}", "path": str(path)}
+    return {"name": spec}

@@ -1,0 +1,241 @@
+"""The job scheduler: which queued jobs start, their processes' events and exits, cancel, resume
+after a crash, and the stop that lets running jobs checkpoint.
+
+At most `heavy_jobs` heavy jobs (training, GPU) and `light_jobs` light ones run at once. A job
+process is made by `runner(job_id, argv, run_dir, post)` (daemon.workers.JobProcess by default;
+tests inject a fake): its reader threads `post` `("event"|"line"|"exit", job_id, payload)` items
+to the daemon's inbox, and the loop thread hands them back here.
+
+Everything here runs on the daemon's loop thread, which owns the job store, `running` and
+`job_counts`. The one exception is reading: `job_counts` is replaced whole (never mutated) and
+`job_pids()` copies `running`, so the status request may read both from a worker thread.
+This module knows nothing of sockets or requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.events import STATUS_TOPIC
+from daemon.jobs import FINAL_STATES, JobLog, JobStore, job_kind
+from daemon.workers import JobProcess, Post, kill_leftover_group
+from engine.errors import HyperlexError
+
+log = logging.getLogger("hyperlexd")
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+class Process(Protocol):
+    """What the scheduler needs of a running job (daemon.workers.JobProcess)."""
+
+    job_id: int
+    run_dir: Path
+
+    @property
+    def pid(self) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill_if_overdue(self, grace_s: float) -> bool: ...
+
+
+Runner = Callable[[int, list[str], Path, Post], Process]
+
+
+def stamp() -> str:
+    return time.strftime("%F %T")
+
+
+class JobScheduler:
+    """Starts queued jobs within the limits and follows them to their final state.
+
+    Args:
+        store: the job store (loop thread only).
+        publish: sends an event (loop thread only).
+        post: the inbox's post, handed to each job process.
+        heavy_jobs, light_jobs: how many of each may run at once.
+        cancel_grace_s: SIGKILL a job this long after SIGTERM.
+        runner: makes a job process.
+    """
+
+    def __init__(self, store: JobStore, publish: Publish, post: Post, *, heavy_jobs: int = 1,
+                 light_jobs: int = 4, cancel_grace_s: float = 10.0,
+                 runner: Runner = JobProcess):
+        self.store = store
+        self.publish = publish
+        self.post = post
+        self.heavy_jobs = heavy_jobs
+        self.light_jobs = light_jobs
+        self.cancel_grace_s = cancel_grace_s
+        self.runner = runner
+        self.running: dict[int, Process] = {}
+        self.heavy: set[int] = set()
+        self.cancelling: set[int] = set()
+        self.stopping = False
+        self.last_progress_write: dict[int, float] = {}
+        self.job_counts: dict[str, int] = {}
+        self.refresh_counts()
+
+    # --- start and stop -------------------------------------------------------------------------
+
+    def recover(self, resume_interrupted: bool) -> None:
+        """At start: jobs a dead daemon left running are interrupted (their leftover processes
+        killed); those with a checkpoint are queued again when `resume_interrupted`."""
+        for job in self.store.mark_interrupted():
+            killed = kill_leftover_group(job.get("pid"), job.get("run_dir"))
+            log.warning("job %s was running when the daemon died: interrupted%s", job["id"],
+                        " (killed its leftover processes)" if killed else "")
+            JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] "
+                                                "interrupted: the daemon stopped")
+        if resume_interrupted:
+            for job in self.store.requeue_for_resume():
+                log.info("job %s will resume from %s", job["id"], job["checkpoint"])
+        self.refresh_counts()
+
+    def stop(self) -> None:
+        """Start nothing new and ask every running job to checkpoint and stop."""
+        self.stopping = True
+        for proc in self.running.values():
+            proc.terminate()
+
+    def check_timers(self) -> None:
+        for proc in self.running.values():
+            if proc.kill_if_overdue(self.cancel_grace_s):
+                log.warning("job %s did not stop within %.0f s: SIGKILL", proc.job_id,
+                            self.cancel_grace_s)
+
+    def job_pids(self) -> list[int]:
+        """Pids of running jobs; safe from any thread (a copy; empty if it changed meanwhile)."""
+        try:
+            return [proc.pid for proc in tuple(self.running.values())]
+        except RuntimeError:
+            return []
+
+    def refresh_counts(self) -> None:
+        # Replaced whole: a worker thread reading `job_counts` sees the old or the new dict.
+        self.job_counts = {state: self.store.count(state) for state in
+                           ("queued", "running", "interrupted")}
+
+    def publish_state(self, job_id: int, state: str, **extra: Any) -> None:
+        self.refresh_counts()
+        self.publish(f"job.{job_id}.progress", {"event": "state", "state": state, **extra})
+        self.publish(STATUS_TOPIC, {"event": "job", "id": job_id, "state": state})
+
+    # --- scheduling -----------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Start queued jobs, oldest first, while the heavy and light limits allow."""
+        if self.stopping:
+            return
+        heavy = len(self.heavy)
+        light = len(self.running) - heavy
+        for job in self.store.next_queued():
+            if job["heavy"] and heavy >= self.heavy_jobs:
+                continue
+            if not job["heavy"] and light >= self.light_jobs:
+                continue
+            if self._start(job):
+                heavy += job["heavy"]
+                light += not job["heavy"]
+
+    def _start(self, job: dict[str, Any]) -> bool:
+        try:
+            argv = job_kind(job["kind"]).command(job)
+        except HyperlexError as exc:
+            self.store.update(job["id"], state="failed", finished=time.time(), error=exc.message)
+            self.publish_state(job["id"], "failed", error=exc.message)
+            return False
+        JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] start: {' '.join(argv)}")
+        proc = self.runner(job["id"], argv, Path(job["run_dir"]), self.post)
+        self.running[job["id"]] = proc
+        if job["heavy"]:
+            self.heavy.add(job["id"])
+        self.store.update(job["id"], state="running", started=time.time(), pid=proc.pid,
+                          attempts=job["attempts"] + 1)
+        self.publish_state(job["id"], "running", resume=job["resume"])
+        return True
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a queued or interrupted job at once; SIGTERM a running one. Returns the job."""
+        job = self.store.get(job_id)
+        if job["state"] in ("queued", "interrupted"):
+            self.store.update(job["id"], state="cancelled", finished=time.time())
+            self.publish_state(job["id"], "cancelled")
+        elif job["state"] == "running" and job["id"] in self.running:
+            self.cancelling.add(job["id"])
+            self.running[job["id"]].terminate()
+        return self.store.get(job["id"])
+
+    # --- what job processes report ----------------------------------------------------------------
+
+    def on_item(self, kind: str, job_id: int, payload: Any) -> None:
+        """An `event` or `exit` item a job process posted."""
+        proc = self.running.get(job_id)
+        if kind == "event" and proc is not None:  # the hot path: no database read per step
+            self._on_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp())
+            return
+        job = self.store.get(job_id)
+        joblog = JobLog(Path(job["run_dir"]))
+        if kind == "event":
+            self._on_event(job_id, payload, joblog, stamp())
+        elif kind == "exit":
+            self._on_exit(job, int(payload), joblog, stamp())
+
+    def write_lines(self, lines: dict[int, list[str]]) -> None:
+        """Jobs' plain output lines: one log event and one file write per job per batch."""
+        now = stamp()
+        for job_id, batch in lines.items():
+            self.publish(f"job.{job_id}.log", {"lines": batch})
+            proc = self.running.get(job_id)
+            try:
+                run_dir = proc.run_dir if proc is not None else self.store.get(job_id)["run_dir"]
+                JobLog(Path(run_dir)).append_many(f"{now} {line}" for line in batch)
+            except Exception:
+                log.exception("while writing %d log line(s) of job %s", len(batch), job_id)
+
+    def _on_event(self, job_id: int, event: dict[str, Any], joblog: JobLog, now: str) -> None:
+        name = event["event"]
+        if name == "log":
+            joblog.append(f"{now} {event.get('message', '')}")
+            self.publish(f"job.{job_id}.log", {"lines": [str(event.get("message", ""))]})
+            return
+        self.publish(f"job.{job_id}.progress", event)
+        if name in ("step", "progress"):
+            t = time.monotonic()
+            if t - self.last_progress_write.get(job_id, 0.0) > 0.5:
+                self.store.update(job_id, progress=event)
+                self.last_progress_write[job_id] = t
+        elif name == "checkpoint":
+            self.store.update(job_id, checkpoint=str(event.get("path")), progress=event)
+            joblog.append(f"{now} [daemon] checkpoint at step {event.get('step')}: "
+                          f"{event.get('path')}")
+        elif name == "done":
+            self.store.update(job_id, result=event)
+
+    def _on_exit(self, job: dict[str, Any], rc: int, joblog: JobLog, now: str) -> None:
+        job_id = job["id"]
+        self.running.pop(job_id, None)
+        self.heavy.discard(job_id)
+        self.last_progress_write.pop(job_id, None)
+        error = None
+        if job_id in self.cancelling:
+            state = "cancelled"
+            self.cancelling.discard(job_id)
+        elif self.stopping:
+            state = "interrupted"
+        elif rc == 0:
+            state = "succeeded"
+        else:
+            state = "failed"
+            tail = joblog.read(max(0, joblog.read(0, 1)["total"] - 3), 3)["lines"]
+            error = f"exit code {rc}" + (f": {tail[-1]}" if tail else "")
+        self.store.update(job_id, state=state, finished=time.time(), error=error)
+        joblog.append(f"{now} [daemon] {state} (exit code {rc})")
+        self.publish_state(job_id, state, exit_code=rc, **({"error": error} if error else {}))
+        if state in FINAL_STATES:
+            log.info("job %s %s", job_id, state)
+        self.schedule()

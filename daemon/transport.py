@@ -1,0 +1,134 @@
+"""The daemon's sockets: a ROUTER for requests and a PUB for events, bound on ipc or TCP (with
+CURVE and a ZAP authenticator on TCP), signing everything it sends with one session key.
+
+Every method is called from the daemon's loop thread only: ZeroMQ sockets are not shared
+between threads. This module knows the wire protocol and the connection files; nothing of
+requests, jobs or models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import zmq
+
+from daemon import protocol as proto
+from daemon.connection import allowed_keys_dir, ensure_keypair, is_loopback_tcp, load_keypair
+from engine.errors import ConfigError
+from engine.paths import Dirs
+
+
+class Transport:
+    """Binds, sends replies and events, closes.
+
+    Args:
+        dirs: the daemon's home (runtime dir for ipc sockets, state dir for keys).
+        bind: tcp://HOST:PORT, or None for ipc sockets in the runtime dir.
+        curve: encrypt and authenticate TCP with CURVE (refused off for non-loopback).
+        session: signs what is sent; its session id is the daemon's epoch.
+        event_hwm: events queued per subscriber before ZeroMQ drops (a gap clients resync).
+    """
+
+    def __init__(self, dirs: Dirs, bind: str | None, curve: bool, session: proto.Session,
+                 event_hwm: int):
+        self.dirs = dirs
+        self.bind_spec = bind
+        self.curve = curve
+        self.session = session
+        self.ctx = zmq.Context()
+        self.auth: Any = None
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        for sock in (self.router, self.pub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
+        self.pub.setsockopt(zmq.SNDHWM, event_hwm)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+
+    def bind(self) -> tuple[str, str, str | None]:
+        """Bind both sockets: (request endpoint, events endpoint, CURVE server key or None).
+
+        Raises:
+            ConfigError: not tcp://, or a TCP bind without CURVE on a non-loopback address.
+        """
+        bind = self.bind_spec
+        if not bind:
+            for name in ("req", "ev"):  # a socket file left by a killed daemon
+                (self.dirs.runtime / name).unlink(missing_ok=True)
+            request = f"ipc://{self.dirs.runtime / 'req'}"
+            events = f"ipc://{self.dirs.runtime / 'ev'}"
+            self.router.bind(request)
+            self.pub.bind(events)
+            for name in ("req", "ev"):
+                os.chmod(self.dirs.runtime / name, 0o600)
+            return request, events, None
+        if not bind.startswith("tcp://"):
+            raise ConfigError(f"cannot bind {bind!r}: only tcp://HOST:PORT is accepted")
+        if not self.curve and not is_loopback_tcp(bind):
+            raise ConfigError(f"refusing to bind {bind} without CURVE: it is not a loopback "
+                              "address", hint="drop --no-curve, or bind 127.0.0.1")
+        host, port = bind[len("tcp://"):].rsplit(":", 1)
+        request, events = f"tcp://{host}:{port}", f"tcp://{host}:{int(port) + 1}"
+        server_key = self._setup_curve() if self.curve else None
+        self.router.bind(request)
+        self.pub.bind(events)
+        return request, events, server_key
+
+    def _setup_curve(self) -> str:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        _, server_secret = ensure_keypair("server", self.dirs.state / "keys")
+        public, secret = load_keypair(server_secret)
+        # This machine's own CLI and console use the `local` keypair; allow it.
+        local_public, _ = ensure_keypair("local")
+        allowed = allowed_keys_dir(self.dirs)
+        allowed.mkdir(parents=True, exist_ok=True)
+        os.chmod(allowed, 0o700)
+        (allowed / "local.key").write_text(local_public.read_text())
+        self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("hyperlexd.zap"))
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(allowed))
+        for sock in (self.router, self.pub):
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+        return public.decode()
+
+    def recv(self) -> list[bytes] | None:
+        """One waiting request's frames, or None when none waits."""
+        try:
+            return self.router.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def send_reply(self, routing: list[bytes], parent: dict[str, Any],
+                   content: dict[str, Any]) -> None:
+        msg_type = proto.reply_type(str(parent.get("msg_type", "")))
+        header = self.session.header(msg_type)
+        frames = self.session.serialize(header, content, parent, routing=routing)
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone or not keeping up; it will retry
+
+    def send_event(self, topic: str, seq: int, data: dict[str, Any]) -> None:
+        # An event is named by its topic and seq: no random id needed.
+        header = self.session.header("event", msg_id=f"{topic}#{seq}", seq=seq, topic=topic)
+        frames = self.session.serialize(header, data, topic=topic.encode())
+        try:
+            self.pub.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # over the high-water mark: subscribers see the gap and resync
+
+    def close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+        for sock in (self.router, self.pub):
+            sock.close(0)
+        if not self.bind_spec:
+            for name in ("req", "ev"):
+                (self.dirs.runtime / name).unlink(missing_ok=True)
+        self.ctx.term()
