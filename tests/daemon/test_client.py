@@ -12,8 +12,14 @@ import time
 import pytest
 
 import daemon.client as client_module
-from daemon.client import (AsyncClient, AsyncEventStream, Client, DaemonError, _PrivateLoop,
-                           _StreamState)
+from daemon.client import (
+    AsyncClient,
+    AsyncEventStream,
+    Client,
+    DaemonError,
+    _PrivateLoop,
+    _StreamState,
+)
 from daemon.connection import ConnectionInfo, read_connection_file
 
 
