@@ -667,11 +667,8 @@ async def _now(function: Callable[[], T]) -> T:
 class Client(_RequestMethods):
     """A blocking client: `AsyncClient`'s methods, each waited for.
 
-    Args:
-        connection: a ConnectionInfo, a connection file path, or None for this home's daemon.
-        timeout: seconds to wait for each reply.
-        retries: how many times an idempotent request is resent after a timeout.
-        client_secret: a CURVE `.key_secret` certificate for TCP daemons (default: `local`).
+    Takes `AsyncClient`'s arguments (less `context`: it makes its own); `aio` is the async
+    client underneath, on this client's private loop.
     """
 
     def __init__(self, connection: ConnectionInfo | str | Path | None = None, **kwargs: Any):
@@ -709,11 +706,7 @@ class Client(_RequestMethods):
 
     def request(self, msg_type: str, content: dict[str, Any],
                 timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and return the reply's content (status ok or error).
-
-        Raises:
-            TimeoutError: no reply after the retries.
-        """
+        """`AsyncClient.request`, waited for. Raises TimeoutError."""
         return self._run(self.aio.request(msg_type, content, timeout))
 
     def events(self, *prefixes: str, liveness_s: float = 3.0,
@@ -728,10 +721,7 @@ class Client(_RequestMethods):
 
     def chat_stream(self, prompt: str, timeout: float = 120.0, chat_id: str | None = None,
                     **options: Any) -> Iterator[Event]:
-        """Run a chat and yield its events (`start`, `token`..., `done` or `error`).
-
-        A caller that may cancel the chat before its `start` event picks the `chat_id` itself.
-        """
+        """`AsyncClient.chat_stream`, iterated from blocking code."""
         return self._iterate(self.aio.chat_stream(prompt, timeout, chat_id, **options))
 
     def _iterate(self, agen: Any) -> Iterator[Any]:
