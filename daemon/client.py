@@ -1,13 +1,20 @@
 """The one client library for hyperlexd: the CLI, the console and scripts all use it.
 
-- `Client` (blocking) and `AsyncClient` (asyncio, for Textual) have one method per request; each
-  returns the reply's content, raises `DaemonError` for an error reply and `TimeoutError` when no
-  reply comes.
+- `AsyncClient` (asyncio, for Textual) and `Client` (blocking) have one method per request;
+  each returns the reply's content, raises `DaemonError` for an error reply and `TimeoutError`
+  when no reply comes.
 - Requests that are safe to repeat are retried the Lazy Pirate way (drop the socket, reconnect,
   resend). `job_submit` and `chat` carry a client-chosen id, so a retry never runs anything twice.
 - `events()` returns a stream of `(topic, seq, data)` that detects gaps, resyncs from a snapshot,
-  watches heartbeats and reconnects with backoff.
+  watches heartbeats and reconnects with exponential backoff.
 - `connect(ssh="user@host")` reaches a remote daemon through an OpenSSH tunnel (see daemon.ssh).
+
+The client is written once, async-first: `AsyncClient` and `AsyncEventStream` hold all the
+logic. `Client` and `EventStream` derive from them (as jupyter_client's blocking client does):
+each blocking call runs the async one to completion on the client's own private event loop, in
+the calling thread, or on a helper thread when the calling thread already runs a loop (a Textual
+handler). A zmq.asyncio socket belongs to the loop that first uses it, so a `Client`'s sockets
+are only ever touched while its private loop runs, and an `AsyncClient` must stay on one loop.
 
 It knows nothing of the console.
 """
@@ -16,12 +23,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
+import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -31,6 +41,8 @@ from daemon.connection import ConnectionInfo, ensure_keypair, load_keypair, read
 from daemon.events import HEARTBEAT_TOPIC
 from engine.errors import HyperlexError
 
+# --- What the client knows of each verb: kept here, in one place. ----------------------------
+
 # Requests that may be sent twice without harm (job_submit and chat: thanks to their ids).
 IDEMPOTENT = {"hello", "status", "profile_list", "profile_use", "job_submit", "job_list",
               "job_get", "job_cancel", "job_logs", "chat", "chat_cancel", "tokenize",
@@ -38,8 +50,31 @@ IDEMPOTENT = {"hello", "status", "profile_list", "profile_use", "job_submit", "j
               "tokenizer_suite"}
 # Requests whose first call may load a model or an index: they get this long per try.
 SLOW_TIMEOUT_S = 120.0
+SLOW_TIMEOUTS_S = {"memory_search": SLOW_TIMEOUT_S, "route": SLOW_TIMEOUT_S,
+                   "tokenizer_suite": SLOW_TIMEOUT_S}
+
+# --- Event stream timing. --------------------------------------------------------------------
+
 # How long a new subscription waits for its sync probe before probing again (doubles up to 1 s).
 SYNC_WINDOW_S = 0.1
+# A lost stream retries its reconnect after this long, doubling up to the cap: a daemon that is
+# restarting gets a few quick tries, one that is gone is not hammered.
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 2.0
+# The most events read off the socket in one go before `next` returns one (bounds latency).
+DRAIN_BATCH = 1000
+
+T = TypeVar("T")
+
+
+def per_try_timeout(verb: str, default: float) -> float:
+    """Seconds one try of `verb` waits for its reply, given the client's own timeout."""
+    return SLOW_TIMEOUTS_S.get(verb, default)
+
+
+def tries(verb: str, retries: int) -> int:
+    """How many times `verb` is sent at most: once, or 1 + retries when it is idempotent."""
+    return 1 + (retries if verb in IDEMPOTENT else 0)
 
 
 class DaemonError(HyperlexError):
@@ -83,11 +118,17 @@ def _resolve(connection: ConnectionInfo | str | Path | None) -> ConnectionInfo:
     return read_connection_file(connection)
 
 
-class _Requests(abc.ABC):
-    """One method per request type; `_call` is blocking or async in the subclasses."""
+class _RequestMethods(abc.ABC):
+    """One method per request verb, written once for both clients.
+
+    Each method checks its arguments, builds the request content and hands it to `_call`:
+    `AsyncClient._call` returns a coroutine (so the method is awaited), `Client._call` waits
+    for the reply (so the method blocks). Per-verb timeouts and retries live in the table at
+    the top of this module, not here.
+    """
 
     @abc.abstractmethod
-    def _call(self, verb: str, content: dict[str, Any], timeout: float | None = None) -> Any:
+    def _call(self, verb: str, content: dict[str, Any]) -> Any:
         """Send one request; `Client` waits for the reply, `AsyncClient` returns a coroutine."""
 
     def hello(self) -> Any:
@@ -156,14 +197,14 @@ class _Requests(abc.ABC):
         Filters: `register`, `doc`, `level` (a value or a list), `memory` (a name), `profile`.
         """
         return self._call("memory_search", {"query": _check(query, str, "query"), "k": k,
-                                            **filters}, timeout=SLOW_TIMEOUT_S)
+                                            **filters})
 
     def route(self, prompt: str, profile: str | None = None) -> Any:
         """The router's decision: `{route: {register, scores, mode, adapter, ...}|None, hint}`."""
         content = {"prompt": _check(prompt, str, "prompt")}
         if profile:
             content["profile"] = profile
-        return self._call("route", content, timeout=SLOW_TIMEOUT_S)
+        return self._call("route", content)
 
     def adapters(self) -> Any:
         """`{loaded: [{name, path, active}], known: [{name, ref, job, path, ...}], active,
@@ -183,8 +224,7 @@ class _Requests(abc.ABC):
 
     def tokenizer_suite(self, profile: str | None = None) -> Any:
         """The tokenizer edge-case suite: `{profile, tokenizer, cases, round_trip_rate, ...}`."""
-        return self._call("tokenizer_suite", {"profile": profile} if profile else {},
-                          timeout=SLOW_TIMEOUT_S)
+        return self._call("tokenizer_suite", {"profile": profile} if profile else {})
 
     def snapshot(self, prefix: str = "", since: dict[str, int] | None = None) -> Any:
         """Retained events of topics under `prefix` after the seqs in `since`."""
@@ -208,27 +248,83 @@ def _check(value: Any, kind: type, name: str) -> Any:
     return value
 
 
-class _Base(_Requests):
+# --- The client, written once: asyncio. ------------------------------------------------------
+
+class AsyncClient(_RequestMethods):
+    """The asyncio client (for Textual workers): one awaitable method per request.
+
+    Args:
+        connection: a ConnectionInfo, a connection file path, or None for this home's daemon.
+        timeout: seconds to wait for each reply.
+        retries: how many times an idempotent request is resent after a timeout.
+        client_secret: a CURVE `.key_secret` certificate for TCP daemons (default: `local`).
+        tunnel: an open SSH tunnel that `close()` closes too.
+        context: an asyncio context owned by someone else (the blocking client); `close()` then
+            closes only this client's sockets and leaves the context to its owner.
+    """
+
     def __init__(self, connection: ConnectionInfo | str | Path | None = None, *,
                  timeout: float = 10.0, retries: int = 3, client_secret: Path | None = None,
-                 tunnel: Any = None):
+                 tunnel: Any = None, context: zmq.asyncio.Context | None = None):
         self.info = _resolve(connection)
         self.session = proto.Session(self.info.key_bytes)
         self.timeout = timeout
         self.retries = retries
         self.client_secret = client_secret
         self.tunnel = tunnel
+        self._owns_ctx = context is None
+        self.ctx = zmq.asyncio.Context() if context is None else context
+        self._sockets: weakref.WeakSet[zmq.asyncio.Socket] = weakref.WeakSet()
+        self.sock = self._new_socket(zmq.DEALER, self.info.request)
+        # One request in flight per socket keeps reply matching simple.
+        self._lock = asyncio.Lock()
 
-    def _new_socket(self, ctx: zmq.Context, kind: int, endpoint: str,
-                    rcvhwm: int = 200_000) -> zmq.Socket:
-        sock = ctx.socket(kind)
+    def _new_socket(self, kind: int, endpoint: str, rcvhwm: int = 200_000) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
         if kind == zmq.SUB:
             sock.setsockopt(zmq.RCVHWM, rcvhwm)
         _curve_options(sock, self.info, self.client_secret)
         sock.connect(endpoint)
+        self._sockets.add(sock)
         return sock
+
+    async def _call(self, verb: str, content: dict[str, Any]) -> Any:
+        reply = await self.request(f"{verb}_request", content,
+                                   per_try_timeout(verb, self.timeout))
+        if reply.get("status") != "ok":
+            raise DaemonError(reply.get("error") or {"message": "malformed reply"})
+        return reply
+
+    async def request(self, msg_type: str, content: dict[str, Any],
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and return the reply's content (status ok or error).
+
+        Raises:
+            TimeoutError: no reply after the retries.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        attempts = tries(msg_type[: -len("_request")], self.retries)
+        msg_id = proto.new_id()
+        async with self._lock:
+            for attempt in range(attempts):
+                # Each try is a new message (fresh seq, so not a replay) answering the same id.
+                _, frames = self.session.request(msg_type, content, msg_id=msg_id)
+                await self.sock.send_multipart(frames)
+                deadline = time.monotonic() + timeout
+                while (left := deadline - time.monotonic()) > 0:
+                    if not await self.sock.poll(int(left * 1000) + 1):
+                        break
+                    reply = self._decode_reply(await self.sock.recv_multipart(), msg_id)
+                    if reply is not None:
+                        return reply
+                if attempt + 1 < attempts:
+                    # Lazy Pirate: a fresh socket drops whatever was stuck.
+                    self.sock.close(0)
+                    self.sock = self._new_socket(zmq.DEALER, self.info.request)
+        raise TimeoutError(f"no reply to {msg_type} from {self.info.request} after "
+                           f"{attempts} tr{'y' if attempts == 1 else 'ies'} of {timeout:g} s")
 
     def _decode_reply(self, frames: list[bytes], msg_id: str) -> dict[str, Any] | None:
         """The reply's content when `frames` answer `msg_id`; None for a stale reply."""
@@ -245,64 +341,8 @@ class _Base(_Requests):
             return None
         return msg.content
 
-    @staticmethod
-    def _result(content: dict[str, Any]) -> dict[str, Any]:
-        if content.get("status") != "ok":
-            raise DaemonError(content.get("error") or {"message": "malformed reply"})
-        return content
-
-
-class Client(_Base):
-    """A blocking client.
-
-    Args:
-        connection: a ConnectionInfo, a connection file path, or None for this home's daemon.
-        timeout: seconds to wait for each reply.
-        retries: how many times an idempotent request is resent after a timeout.
-        client_secret: a CURVE `.key_secret` certificate for TCP daemons (default: `local`).
-    """
-
-    def __init__(self, connection: ConnectionInfo | str | Path | None = None, **kwargs: Any):
-        super().__init__(connection, **kwargs)
-        self.ctx = zmq.Context()
-        self.sock = self._new_socket(self.ctx, zmq.DEALER, self.info.request)
-
-    def _reconnect(self) -> None:
-        self.sock.close(0)
-        self.sock = self._new_socket(self.ctx, zmq.DEALER, self.info.request)
-
-    def _call(self, verb: str, content: dict[str, Any], timeout: float | None = None) -> Any:
-        return self._result(self.request(f"{verb}_request", content, timeout))
-
-    def request(self, msg_type: str, content: dict[str, Any],
-                timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and return the reply's content (status ok or error).
-
-        Raises:
-            TimeoutError: no reply after the retries.
-        """
-        timeout = self.timeout if timeout is None else timeout
-        verb = msg_type[: -len("_request")]
-        attempts = 1 + (self.retries if verb in IDEMPOTENT else 0)
-        msg_id = proto.new_id()
-        for attempt in range(attempts):
-            # Each try is a new message (fresh seq, so not a replay) answering the same id.
-            _, frames = self.session.request(msg_type, content, msg_id=msg_id)
-            self.sock.send_multipart(frames)
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                if not self.sock.poll(int(left * 1000) + 1):
-                    break
-                reply = self._decode_reply(self.sock.recv_multipart(), msg_id)
-                if reply is not None:
-                    return reply
-            if attempt + 1 < attempts:
-                self._reconnect()  # Lazy Pirate: a fresh socket drops whatever was stuck
-        raise TimeoutError(f"no reply to {msg_type} from {self.info.request} after "
-                           f"{attempts} tr{'y' if attempts == 1 else 'ies'} of {timeout:g} s")
-
-    def events(self, *prefixes: str, liveness_s: float = 3.0,
-               rcvhwm: int = 200_000, replay: bool = True) -> EventStream:
+    async def events(self, *prefixes: str, liveness_s: float = 3.0, rcvhwm: int = 200_000,
+                     replay: bool = True) -> AsyncEventStream:
         """A gap-free stream of the events under `prefixes`, starting with what is retained.
 
         Args:
@@ -312,32 +352,34 @@ class Client(_Base):
             replay: start with the retained events (True) or with the next new one (False:
                 for a reader that loads the current state itself, as the console does).
         """
-        return EventStream(self, list(prefixes), liveness_s=liveness_s, rcvhwm=rcvhwm,
-                           replay=replay)
+        stream = AsyncEventStream(self, list(prefixes), liveness_s, rcvhwm=rcvhwm, replay=replay)
+        await stream.connect()
+        return stream
 
-    def wait_job(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.1) -> dict[str, Any]:
-        """Block until a job reaches a final state (or `interrupted`); returns the job."""
+    async def wait_job(self, job_id: int, timeout: float = 60.0,
+                       poll_s: float = 0.1) -> dict[str, Any]:
+        """Wait until a job reaches a final state (or `interrupted`); returns the job."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job_get(job_id)["job"]
+            job = (await self.job_get(job_id))["job"]
             if job["state"] in ("succeeded", "failed", "cancelled", "interrupted"):
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
-            time.sleep(poll_s)
+            await asyncio.sleep(poll_s)
 
-    def chat_stream(self, prompt: str, timeout: float = 120.0, chat_id: str | None = None,
-                    **options: Any) -> Iterator[Event]:
+    async def chat_stream(self, prompt: str, timeout: float = 120.0, chat_id: str | None = None,
+                          **options: Any) -> AsyncIterator[Event]:
         """Run a chat and yield its events (`start`, `token`..., `done` or `error`).
 
         A caller that may cancel the chat before its `start` event picks the `chat_id` itself.
         """
         chat_id = chat_id or proto.new_id()
-        with self.events(f"chat.{chat_id}.") as stream:
-            self.chat(prompt, chat_id=chat_id, **options)
+        async with await self.events(f"chat.{chat_id}.") as stream:  # subscribed before asking
+            await self.chat(prompt, chat_id=chat_id, **options)
             deadline = time.monotonic() + timeout
             while True:
-                event = stream.next(timeout=max(0.0, deadline - time.monotonic()))
+                event = await stream.next(timeout=max(0.0, deadline - time.monotonic()))
                 if event is None:
                     raise TimeoutError(f"chat {chat_id} gave no event for {timeout:g} s")
                 yield event
@@ -346,15 +388,13 @@ class Client(_Base):
 
     def close(self) -> None:
         """Close the client, its event streams and its SSH tunnel, if any."""
-        self.ctx.destroy(linger=0)
+        if self._owns_ctx:
+            self.ctx.destroy(linger=0)
+        else:
+            for sock in list(self._sockets):
+                sock.close(0)
         if self.tunnel is not None:
             self.tunnel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _probe_windows(timeout: float) -> Iterator[float]:
@@ -435,57 +475,59 @@ class _StreamState:
         return "gap"
 
 
-class EventStream:
-    """Blocking event stream with gap detection, snapshot resync and heartbeat liveness."""
+class AsyncEventStream:
+    """The event stream, written once: `await stream.next()` or `async for event in stream`.
 
-    def __init__(self, client: Client, prefixes: list[str], liveness_s: float = 3.0,
+    Gap detection, snapshot resync, the sync probe, heartbeat liveness and reconnecting with
+    backoff all live here; `EventStream` runs these same coroutines from blocking code.
+    """
+
+    def __init__(self, client: AsyncClient, prefixes: list[str], liveness_s: float = 3.0, *,
                  rcvhwm: int = 200_000, replay: bool = True):
         self.client = client
         self.state = _StreamState(prefixes, replay)
         self.liveness_s = liveness_s
         self.rcvhwm = rcvhwm
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.asyncio.Socket | None = None
         self.last_heard = time.monotonic()
         self.reconnects = 0
-        self.connect()
 
-    def connect(self) -> None:
-        """Subscribe, make sure the subscription is live, then catch up from a snapshot."""
-        self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events,
-                                            rcvhwm=self.rcvhwm)
-        token, wanted = self.state.subscribe(self.sock)
-        synced = False
-        for window_end in _probe_windows(self.client.timeout):
-            try:
-                self.client.sync_probe(token)
-            except (TimeoutError, DaemonError):
-                self.disconnect()
-                raise
-            while not synced:
-                left = window_end - time.monotonic()
-                if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
-                    break
-                synced = self.sock.recv_multipart()[0] == wanted
-            if synced:
-                break
-        if not synced:
-            self.disconnect()
-            raise TimeoutError("no events from the daemon: cannot subscribe")
-        self.sock.setsockopt(zmq.UNSUBSCRIBE, f"sync.{token}".encode())
+    async def connect(self) -> None:
+        """Subscribe, make sure the subscription is live, then catch up from a snapshot.
+
+        On failure the half-made subscription is dropped again (`sock` is None) and the error
+        raised: TimeoutError or DaemonError.
+        """
+        self.sock = sock = self.client._new_socket(zmq.SUB, self.client.info.events,
+                                                   rcvhwm=self.rcvhwm)
         try:
-            self.resync()
-        except (TimeoutError, DaemonError):
+            token, wanted = self.state.subscribe(sock)
+            await self._confirm(sock, token, wanted)
+            sock.setsockopt(zmq.UNSUBSCRIBE, f"sync.{token}".encode())
+            await self.resync()
+        except BaseException:
             self.disconnect()
             raise
         self.last_heard = time.monotonic()
 
-    def resync(self) -> None:
+    async def _confirm(self, sock: zmq.asyncio.Socket, token: str, wanted: bytes) -> None:
+        """Probe until the sync topic's event arrives: from then on nothing is missed."""
+        for window_end in _probe_windows(self.client.timeout):
+            await self.client.sync_probe(token)
+            while (left := window_end - time.monotonic()) > 0 \
+                    and await sock.poll(int(left * 1000) + 1):
+                if (await sock.recv_multipart())[0] == wanted:
+                    return
+        raise TimeoutError("no events from the daemon: cannot subscribe")
+
+    async def resync(self) -> None:
+        """Fetch what the snapshot holds past our last seqs (every page, every prefix)."""
         self.state.resyncs += 1
         for prefix in self.state.prefixes:
             more = True
             while more:
                 since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
-                more = self.state.apply_snapshot(self.client.snapshot(prefix, since))
+                more = self.state.apply_snapshot(await self.client.snapshot(prefix, since))
         self.state.replay = True  # from here on a resync fills gaps
 
     def disconnect(self) -> None:
@@ -494,31 +536,43 @@ class EventStream:
             self.sock.close(0)
             self.sock = None
 
-    def next(self, timeout: float = 10.0) -> Event | None:
+    async def next(self, timeout: float = 10.0) -> Event | None:
         """The next event in sequence, or None after `timeout` seconds without one."""
         deadline = time.monotonic() + timeout
-        backoff = 0.1
+        backoff = RECONNECT_FIRST_S
         while True:
             if self.state.pending:
                 return self.state.pending.popleft()
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if self.sock is not None and self.sock.poll(int(min(left, 0.5) * 1000) + 1):
-                self._receive(self.sock.recv_multipart())
+            if self.sock is not None and await self.sock.poll(int(min(left, 0.5) * 1000) + 1):
+                await self._drain(self.sock)
                 continue
             if self.sock is None or time.monotonic() - self.last_heard > self.liveness_s:
                 # Nothing buffered and no heartbeat: the daemon or the link went away.
                 self.disconnect()
                 try:
-                    self.connect()
+                    await self.connect()
                     self.reconnects += 1
-                    backoff = 0.1
+                    backoff = RECONNECT_FIRST_S
                 except (TimeoutError, DaemonError):
-                    time.sleep(min(backoff, max(0.0, left)))
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, RECONNECT_MAX_S)
 
-    def _receive(self, frames: list[bytes]) -> None:
+    async def _drain(self, sock: zmq.asyncio.Socket) -> None:
+        """Read what the socket holds, up to DRAIN_BATCH messages, without waiting.
+
+        One wake-up per batch rather than per event: a burst costs one poll, not thousands.
+        """
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = await sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            await self._receive(frames)
+
+    async def _receive(self, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
         try:
             msg = self.client.session.deserialize(frames, topic_frame=True)
@@ -529,7 +583,7 @@ class EventStream:
             if (self.state.epoch and msg.header["session"] != self.state.epoch) \
                     or self.state.behind(msg.content):
                 self.state.gaps += 1
-                self.resync()  # the daemon restarted, or a topic's last events were lost
+                await self.resync()  # the daemon restarted, or a topic's last events were lost
             return
         if not self.state.wants(topic):
             return
@@ -537,7 +591,194 @@ class EventStream:
         if verdict == "deliver":
             self.state.pending.append(Event(topic, msg.header["seq"], msg.content))
         elif verdict in ("gap", "epoch"):
-            self.resync()
+            await self.resync()
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        self.disconnect()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --- The blocking client, derived: each call runs the async one on a private loop. ----------
+
+class _PrivateLoop:
+    """An event loop of one blocking client, run to completion once per call.
+
+    It runs in the calling thread, unless that thread already runs a loop (asyncio allows one
+    per thread): then on a helper thread of its own. A lock lets one thread at a time in, so a
+    client shared between threads queues its calls instead of breaking its sockets.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._helper: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return self._complete(coro)
+            if self._helper is None:
+                self._helper = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="hyperlex-client")
+            return self._helper.submit(self._complete, coro).result()
+
+    def _complete(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = self.loop.create_task(coro)
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            # Ctrl-C mid-call: cancel the task, or it would wake at the next call and take
+            # that call's reply off the socket.
+            if not task.done():
+                task.cancel()
+                try:
+                    self.loop.run_until_complete(task)
+                except BaseException:
+                    pass
+            raise
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+        self.loop.close()
+
+
+async def _now(function: Callable[[], T]) -> T:
+    """Call `function` inside the loop (closing an asyncio socket touches the loop's readers)."""
+    return function()
+
+
+class Client(_RequestMethods):
+    """A blocking client: `AsyncClient`'s methods, each waited for.
+
+    Takes `AsyncClient`'s arguments (less `context`: it makes its own); `aio` is the async
+    client underneath, on this client's private loop.
+    """
+
+    def __init__(self, connection: ConnectionInfo | str | Path | None = None, **kwargs: Any):
+        self._loop = _PrivateLoop()
+        # A plain context owns the sockets; the async client makes them through an asyncio
+        # shadow of it, so a plain view of a socket (`sock`, for a monitor) can be had too.
+        self.ctx = zmq.Context()
+        self.aio = AsyncClient(connection, context=zmq.asyncio.Context.shadow(self.ctx.underlying),
+                               **kwargs)
+        self._plain: tuple[zmq.asyncio.Socket, zmq.Socket] | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
+
+    # The async client's settings, read and set through this one.
+    info = property(lambda self: self.aio.info)
+    session = property(lambda self: self.aio.session)
+    tunnel = property(lambda self: self.aio.tunnel)
+    timeout = property(lambda self: self.aio.timeout,
+                       lambda self, value: setattr(self.aio, "timeout", value))
+    retries = property(lambda self: self.aio.retries,
+                       lambda self, value: setattr(self.aio, "retries", value))
+
+    @property
+    def sock(self) -> zmq.Socket:
+        """The request socket, as a plain blocking socket (it changes on a Lazy Pirate retry)."""
+        if self._plain is None or self._plain[0] is not self.aio.sock:
+            plain = zmq.Socket.shadow(self.aio.sock.underlying)
+            plain.context = self.ctx  # what its monitor socket is made from (and closed by)
+            self._plain = (self.aio.sock, plain)
+        return self._plain[1]
+
+    def _call(self, verb: str, content: dict[str, Any]) -> Any:
+        return self._run(self.aio._call(verb, content))
+
+    def request(self, msg_type: str, content: dict[str, Any],
+                timeout: float | None = None) -> dict[str, Any]:
+        """`AsyncClient.request`, waited for. Raises TimeoutError."""
+        return self._run(self.aio.request(msg_type, content, timeout))
+
+    def events(self, *prefixes: str, liveness_s: float = 3.0,
+               rcvhwm: int = 200_000, replay: bool = True) -> EventStream:
+        """A gap-free stream of the events under `prefixes` (see `AsyncClient.events`)."""
+        return EventStream(self, list(prefixes), liveness_s=liveness_s, rcvhwm=rcvhwm,
+                           replay=replay)
+
+    def wait_job(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.1) -> dict[str, Any]:
+        """Block until a job reaches a final state (or `interrupted`); returns the job."""
+        return self._run(self.aio.wait_job(job_id, timeout, poll_s))
+
+    def chat_stream(self, prompt: str, timeout: float = 120.0, chat_id: str | None = None,
+                    **options: Any) -> Iterator[Event]:
+        """`AsyncClient.chat_stream`, iterated from blocking code."""
+        return self._iterate(self.aio.chat_stream(prompt, timeout, chat_id, **options))
+
+    def _iterate(self, agen: Any) -> Iterator[Any]:
+        """An async generator of the async client, stepped from blocking code."""
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def close(self) -> None:
+        """Close the client, its event streams and its SSH tunnel, if any."""
+        self._run(_now(self.aio.close))
+        self.ctx.destroy(linger=0)  # and what was made from the plain views (monitors)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class EventStream:
+    """The blocking event stream: `AsyncEventStream`, each call run on its client's loop."""
+
+    def __init__(self, client: Client, prefixes: list[str], liveness_s: float = 3.0,
+                 rcvhwm: int = 200_000, replay: bool = True):
+        self.client = client
+        self.aio = AsyncEventStream(client.aio, prefixes, liveness_s, rcvhwm=rcvhwm,
+                                    replay=replay)
+        self.connect()
+
+    state = property(lambda self: self.aio.state)
+    reconnects = property(lambda self: self.aio.reconnects)
+    last_heard = property(lambda self: self.aio.last_heard)
+    liveness_s = property(lambda self: self.aio.liveness_s)
+
+    def connect(self) -> None:
+        """Subscribe, make sure the subscription is live, then catch up from a snapshot."""
+        self.client._run(self.aio.connect())
+
+    def resync(self) -> None:
+        self.client._run(self.aio.resync())
+
+    def disconnect(self) -> None:
+        """Drop the subscription (as a network failure would); `connect()` resumes."""
+        self.client._run(_now(self.aio.disconnect))
+
+    def next(self, timeout: float = 10.0) -> Event | None:
+        """The next event in sequence, or None after `timeout` seconds without one."""
+        if self.aio.state.pending:  # already read: no need to enter the loop
+            return self.aio.state.pending.popleft()
+        return self.client._run(self.aio.next(timeout))
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -554,147 +795,6 @@ class EventStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class AsyncClient(_Base):
-    """The asyncio client (for Textual workers): the same methods, awaited."""
-
-    def __init__(self, connection: ConnectionInfo | str | Path | None = None, **kwargs: Any):
-        super().__init__(connection, **kwargs)
-        self.ctx = zmq.asyncio.Context()
-        self.sock = self._new_socket(self.ctx, zmq.DEALER, self.info.request)
-        self._lock = asyncio.Lock()
-
-    async def _call(self, verb: str, content: dict[str, Any],
-                    timeout: float | None = None) -> Any:
-        return self._result(await self.request(f"{verb}_request", content, timeout))
-
-    async def request(self, msg_type: str, content: dict[str, Any],
-                      timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and await its reply's content. Raises TimeoutError."""
-        timeout = self.timeout if timeout is None else timeout
-        verb = msg_type[: -len("_request")]
-        attempts = 1 + (self.retries if verb in IDEMPOTENT else 0)
-        msg_id = proto.new_id()
-        async with self._lock:  # one request in flight per socket keeps matching simple
-            for attempt in range(attempts):
-                _, frames = self.session.request(msg_type, content, msg_id=msg_id)
-                await self.sock.send_multipart(frames)
-                deadline = time.monotonic() + timeout
-                while (left := deadline - time.monotonic()) > 0:
-                    if not await self.sock.poll(int(left * 1000) + 1):
-                        break
-                    reply = self._decode_reply(await self.sock.recv_multipart(), msg_id)
-                    if reply is not None:
-                        return reply
-                if attempt + 1 < attempts:
-                    self.sock.close(0)
-                    self.sock = self._new_socket(self.ctx, zmq.DEALER, self.info.request)
-        raise TimeoutError(f"no reply to {msg_type} after {attempts} tries of {timeout:g} s")
-
-    async def events(self, *prefixes: str, liveness_s: float = 3.0,
-                     replay: bool = True) -> AsyncEventStream:
-        """The asyncio form of `Client.events` (same arguments, less `rcvhwm`)."""
-        stream = AsyncEventStream(self, list(prefixes), liveness_s, replay=replay)
-        await stream.connect()
-        return stream
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
-        if self.tunnel is not None:
-            self.tunnel.close()
-
-
-class AsyncEventStream:
-    """The asyncio form of EventStream: `await stream.next()` or `async for event in stream`."""
-
-    def __init__(self, client: AsyncClient, prefixes: list[str], liveness_s: float = 3.0,
-                 replay: bool = True):
-        self.client = client
-        self.state = _StreamState(prefixes, replay)
-        self.liveness_s = liveness_s
-        self.sock: zmq.asyncio.Socket | None = None
-        self.last_heard = time.monotonic()
-
-    async def connect(self) -> None:
-        self.sock = self.client._new_socket(self.client.ctx, zmq.SUB, self.client.info.events)
-        token, wanted = self.state.subscribe(self.sock)
-        synced = False
-        for window_end in _probe_windows(self.client.timeout):
-            await self.client.sync_probe(token)
-            while not synced:
-                left = window_end - time.monotonic()
-                if left <= 0 or not await self.sock.poll(int(left * 1000) + 1):
-                    break
-                synced = (await self.sock.recv_multipart())[0] == wanted
-            if synced:
-                break
-        if not synced:
-            self.close()
-            raise TimeoutError("no events from the daemon: cannot subscribe")
-        await self.resync()
-        self.last_heard = time.monotonic()
-
-    async def resync(self) -> None:
-        self.state.resyncs += 1
-        for prefix in self.state.prefixes:
-            more = True
-            while more:
-                since = {t: s for t, s in self.state.last.items() if t.startswith(prefix)}
-                more = self.state.apply_snapshot(await self.client.snapshot(prefix, since))
-        self.state.replay = True  # from here on a resync fills gaps
-
-    async def next(self, timeout: float = 10.0) -> Event | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.state.pending:
-                return self.state.pending.popleft()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if self.sock is None or not await self.sock.poll(int(min(left, 0.5) * 1000) + 1):
-                if self.sock is None or time.monotonic() - self.last_heard > self.liveness_s:
-                    # Nothing buffered and no heartbeat: reconnect and resync.
-                    self.close()
-                    try:
-                        await self.connect()
-                    except (TimeoutError, DaemonError):
-                        await asyncio.sleep(min(0.5, max(0.0, left)))
-                continue
-            frames = await self.sock.recv_multipart()
-            self.last_heard = time.monotonic()
-            try:
-                msg = self.client.session.deserialize(frames, topic_frame=True)
-            except proto.ProtocolError:
-                continue
-            topic = str(msg.header.get("topic", ""))
-            if topic == HEARTBEAT_TOPIC:
-                if (self.state.epoch and msg.header["session"] != self.state.epoch) \
-                        or self.state.behind(msg.content):
-                    self.state.gaps += 1
-                    await self.resync()
-                continue
-            if not self.state.wants(topic):
-                continue
-            verdict = self.state.classify(msg.header["session"], topic, msg.header["seq"])
-            if verdict == "deliver":
-                self.state.pending.append(Event(topic, msg.header["seq"], msg.content))
-            elif verdict in ("gap", "epoch"):
-                await self.resync()
-
-    def __aiter__(self) -> AsyncEventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        event = await self.next()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(0)
-            self.sock = None
 
 
 def connect(connection: ConnectionInfo | str | Path | None = None, *, ssh: str | None = None,

@@ -1,4 +1,4 @@
-"""The client library: async form, timeouts, Lazy Pirate retries, argument checks."""
+"""The client library: async form, timeouts, Lazy Pirate retries, argument checks, backoff."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ import time
 
 import pytest
 
-from daemon.client import AsyncClient, Client, DaemonError
-from daemon.connection import read_connection_file
+import daemon.client as client_module
+from daemon.client import (
+    AsyncClient,
+    AsyncEventStream,
+    Client,
+    DaemonError,
+    _PrivateLoop,
+    _StreamState,
+)
+from daemon.connection import ConnectionInfo, read_connection_file
 
 
 def test_async_client_requests_and_event_stream(daemon):
@@ -106,3 +114,125 @@ def test_tokenize_through_the_daemon_never_makes_hypertokens_from_text(daemon):
         assert plain["count"] == len(plain["ids"]) > 0 and plain["hypertoken_ids"] == []
         sneaky = client.tokenize("text with <|scene|> inside", profile="tiny-test")
         assert sneaky["hypertoken_ids"] == []  # user text never becomes a hypertoken
+
+
+def _nowhere(tmp_path) -> ConnectionInfo:
+    """A connection to endpoints nobody serves: every request times out."""
+    return ConnectionInfo(request=f"ipc://{tmp_path}/no-request", events=f"ipc://{tmp_path}/no-events",
+                          key="k" * 32)
+
+
+def test_async_connect_that_fails_drops_its_subscription(tmp_path):
+    async def scenario():
+        client = AsyncClient(_nowhere(tmp_path), timeout=0.2, retries=0)
+        try:
+            stream = AsyncEventStream(client, ["job."])
+            with pytest.raises(TimeoutError):
+                await stream.connect()
+            assert stream.sock is None  # no half-made SUB socket left subscribed
+        finally:
+            client.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_stream_unsubscribes_its_sync_topic(daemon, monkeypatch):
+    tokens: list[str] = []
+    subscribe = _StreamState.subscribe
+
+    def spy(self, sock):
+        token, wanted = subscribe(self, sock)
+        tokens.append(token)
+        return token, wanted
+
+    monkeypatch.setattr(_StreamState, "subscribe", spy)
+
+    async def scenario():
+        client = AsyncClient(read_connection_file(daemon.connection_file), timeout=5.0)
+        try:
+            stream = await client.events("job.nothing.")
+            await client.sync_probe(tokens[0])  # an event on the sync topic, after the confirm
+            topics = []
+            deadline = time.monotonic() + 0.5
+            while (left := deadline - time.monotonic()) > 0:
+                if await stream.sock.poll(int(left * 1000) + 1):
+                    topics.append((await stream.sock.recv_multipart())[0])
+            stream.close()
+            assert not [t for t in topics if t.startswith(b"sync.")]
+        finally:
+            client.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_reconnect_backs_off_exponentially_up_to_a_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(client_module, "RECONNECT_FIRST_S", 0.01)
+    monkeypatch.setattr(client_module, "RECONNECT_MAX_S", 0.04)
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay, *args):
+        delays.append(delay)
+        await real_sleep(delay, *args)
+
+    async def scenario():
+        client = AsyncClient(_nowhere(tmp_path), timeout=0.2, retries=0)
+        stream = AsyncEventStream(client, ["job."])
+        attempts = []
+
+        async def failing_connect():
+            attempts.append(time.monotonic())
+            raise TimeoutError("daemon gone")
+
+        stream.connect = failing_connect
+        monkeypatch.setattr(client_module.asyncio, "sleep", recorded_sleep)
+        try:
+            assert await stream.next(timeout=0.4) is None
+        finally:
+            monkeypatch.setattr(client_module.asyncio, "sleep", real_sleep)
+            client.close()
+        return attempts
+
+    attempts = asyncio.run(scenario())
+    assert delays[:4] == pytest.approx([0.01, 0.02, 0.04, 0.04])
+    assert max(delays) <= 0.04 and len(attempts) >= 6
+
+
+def test_blocking_client_works_inside_a_running_event_loop(daemon):
+    """As in a Textual handler: the calling thread already runs a loop."""
+    async def scenario():
+        with daemon.client() as client:
+            with client.events("job.") as stream:
+                job = client.job_submit("selftest", {"max_steps": 2, "step_time": 0.01})["job"]
+                assert stream.next(timeout=10).topic == f"job.{job['id']}.progress"
+            return client.hello()["pid"]
+
+    assert asyncio.run(scenario()) == daemon.pid
+
+
+def test_blocking_client_shared_by_threads_queues_their_calls(daemon):
+    with daemon.client() as client:
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(client.status()["pid"]))
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert results == [daemon.pid] * 4
+
+
+def test_an_interrupted_blocking_call_leaves_no_task_to_steal_the_next_reply():
+    runner = _PrivateLoop()
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    try:
+        runner.loop.call_later(0.05, interrupt)  # Ctrl-C while a call waits
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(asyncio.sleep(10))
+        assert not asyncio.all_tasks(runner.loop)
+        assert runner.run(asyncio.sleep(0, "next call")) == "next call"
+    finally:
+        runner.close()
