@@ -36,22 +36,18 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
+from daemon import api
 from daemon import protocol as proto
+from daemon.api import IDEMPOTENT, SLOW
 from daemon.connection import ConnectionInfo, ensure_keypair, load_keypair, read_connection_file
 from daemon.events import HEARTBEAT_TOPIC
 from engine.errors import HyperlexError
 
-# --- What the client knows of each verb: kept here, in one place. ----------------------------
+# --- What the client knows of each verb: read from daemon.api's request table. ---------------
 
-# Requests that may be sent twice without harm (job_submit and chat: thanks to their ids).
-IDEMPOTENT = {"hello", "status", "profile_list", "profile_use", "job_submit", "job_list",
-              "job_get", "job_cancel", "job_logs", "chat", "chat_cancel", "tokenize",
-              "memory_search", "route", "snapshot", "sync_probe", "adapters",
-              "tokenizer_suite"}
-# Requests whose first call may load a model or an index: they get this long per try.
+# Requests whose first call may load a model or an index (the table's `slow` verbs) get this long
+# per try.
 SLOW_TIMEOUT_S = 120.0
-SLOW_TIMEOUTS_S = {"memory_search": SLOW_TIMEOUT_S, "route": SLOW_TIMEOUT_S,
-                   "tokenizer_suite": SLOW_TIMEOUT_S}
 
 # --- Event stream timing. --------------------------------------------------------------------
 
@@ -69,7 +65,7 @@ T = TypeVar("T")
 
 def per_try_timeout(verb: str, default: float) -> float:
     """Seconds one try of `verb` waits for its reply, given the client's own timeout."""
-    return SLOW_TIMEOUTS_S.get(verb, default)
+    return SLOW_TIMEOUT_S if verb in SLOW else default
 
 
 def tries(verb: str, retries: int) -> int:
@@ -144,7 +140,7 @@ class _RequestMethods(abc.ABC):
 
     def profile_use(self, name: str) -> Any:
         """Switch profile: loaded models are dropped and load lazily from the new profile."""
-        return self._call("profile_use", {"name": _check(name, str, "name")})
+        return self._call("profile_use", {"name": name})
 
     def job_submit(self, kind: str, params: dict[str, Any] | None = None,
                    profile: str | None = None, request_id: str | None = None) -> Any:
@@ -152,7 +148,7 @@ class _RequestMethods(abc.ABC):
 
         The request id makes retries safe: the daemon returns the job it already queued.
         """
-        content = {"kind": _check(kind, str, "kind"), "params": dict(params or {}),
+        content = {"kind": kind, "params": dict(params or {}),
                    "request_id": request_id or proto.new_id()}
         if profile:
             content["profile"] = profile
@@ -162,14 +158,14 @@ class _RequestMethods(abc.ABC):
         return self._call("job_list", {"state": state, "limit": limit})
 
     def job_get(self, job_id: int) -> Any:
-        return self._call("job_get", {"id": _check(job_id, int, "job_id")})
+        return self._call("job_get", {"id": job_id})
 
     def job_cancel(self, job_id: int) -> Any:
         """Cancel: a queued job at once; a running one gets SIGTERM, then SIGKILL."""
-        return self._call("job_cancel", {"id": _check(job_id, int, "job_id")})
+        return self._call("job_cancel", {"id": job_id})
 
     def job_logs(self, job_id: int, offset: int = 0, limit: int = 200) -> Any:
-        return self._call("job_logs", {"id": _check(job_id, int, "job_id"), "offset": offset,
+        return self._call("job_logs", {"id": job_id, "offset": offset,
                                        "limit": limit})
 
     def chat(self, prompt: str | None = None, messages: list[dict[str, str]] | None = None,
@@ -186,7 +182,7 @@ class _RequestMethods(abc.ABC):
 
     def tokenize(self, text: str, profile: str | None = None) -> Any:
         """Token ids and pieces of `text` under the profile's hypertokenizer."""
-        content = {"text": _check(text, str, "text")}
+        content = {"text": text}
         if profile:
             content["profile"] = profile
         return self._call("tokenize", content)
@@ -196,12 +192,12 @@ class _RequestMethods(abc.ABC):
 
         Filters: `register`, `doc`, `level` (a value or a list), `memory` (a name), `profile`.
         """
-        return self._call("memory_search", {"query": _check(query, str, "query"), "k": k,
+        return self._call("memory_search", {"query": query, "k": k,
                                             **filters})
 
     def route(self, prompt: str, profile: str | None = None) -> Any:
         """The router's decision: `{route: {register, scores, mode, adapter, ...}|None, hint}`."""
-        content = {"prompt": _check(prompt, str, "prompt")}
+        content = {"prompt": prompt}
         if profile:
             content["profile"] = profile
         return self._call("route", content)
@@ -213,13 +209,13 @@ class _RequestMethods(abc.ABC):
 
     def job_resume(self, job_id: int, restart: bool = False) -> Any:
         """Queue a failed/cancelled/interrupted job again from its checkpoint: `{job, resume}`."""
-        return self._call("job_resume", {"id": _check(job_id, int, "job_id"),
+        return self._call("job_resume", {"id": job_id,
                                          "restart": restart})
 
     def ab_rating(self, prompt: str, answers: list[Any] | dict[str, Any], rating: Any,
                   **extra: Any) -> Any:
         """Store an A/B judgement in the daemon's state dir: `{saved, path, count}`."""
-        return self._call("ab_rating", {"prompt": _check(prompt, str, "prompt"),
+        return self._call("ab_rating", {"prompt": prompt,
                                         "answers": answers, "rating": rating, **extra})
 
     def tokenizer_suite(self, profile: str | None = None) -> Any:
@@ -240,12 +236,6 @@ class _RequestMethods(abc.ABC):
     def shutdown(self) -> Any:
         """Ask the daemon to stop gracefully (running jobs checkpoint first)."""
         return self._call("shutdown", {})
-
-
-def _check(value: Any, kind: type, name: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
-    return value
 
 
 # --- The client, written once: asyncio. ------------------------------------------------------
@@ -291,6 +281,12 @@ class AsyncClient(_RequestMethods):
         return sock
 
     async def _call(self, verb: str, content: dict[str, Any]) -> Any:
+        # The daemon's own request types check the content before it is sent: a wrong argument
+        # fails here with the BadRequest the daemon would answer, and costs no round trip.
+        try:
+            api.parse(api.VERBS[verb].request, content)
+        except api.BadRequest as exc:
+            raise DaemonError({"type": "BadRequest", "message": exc.message}) from None
         reply = await self.request(f"{verb}_request", content,
                                    per_try_timeout(verb, self.timeout))
         if reply.get("status") != "ok":
