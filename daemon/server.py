@@ -150,7 +150,7 @@ class Server:
             light_jobs=self.settings.light_jobs, cancel_grace_s=self.settings.cancel_grace_s,
             runner=self.options.job_runner or JobProcess)
         self.scheduler.recover(self.settings.resume_interrupted)
-        self.models = ChatScheduler(self.publish_threadsafe, self.profile,
+        self.chats = ChatScheduler(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s,
                                    opener=self.options.chat_opener or open_profile_backend,
                                    router=services.router,
@@ -181,8 +181,8 @@ class Server:
     def close(self) -> None:
         if hasattr(self, "dispatcher"):
             self.dispatcher.close()
-        if hasattr(self, "models"):
-            self.models.stop()
+        if hasattr(self, "chats"):
+            self.chats.stop()
         if hasattr(self, "store"):
             self.store.close()
         if hasattr(self, "connection_file"):
@@ -279,5 +279,5 @@ class Server:
     def set_profile(self, name: str) -> None:
         """Use another profile from now on (loop thread)."""
         self.profile = name
-        self.models.switch_profile(name)
+        self.chats.switch_profile(name)
         self.publish(STATUS_TOPIC, {"event": "profile", "profile": name})

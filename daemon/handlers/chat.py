@@ -36,12 +36,12 @@ def chat(server: Server, req: api.ChatRequest, msg: proto.Message) -> api.ChatRe
     server.recent_chats[chat_id] = msg.header["session"]
     while len(server.recent_chats) > RECENT_CHATS:
         server.recent_chats.popitem(last=False)
-    started = server.models.submit(Chat(chat_id, msg.header["session"], messages, options))
+    started = server.chats.submit(Chat(chat_id, msg.header["session"], messages, options))
     return api.ChatReply(chat_id=started.chat_id, topic=started.topic, created=True)
 
 
 def cancel(server: Server, req: api.ChatCancelRequest, msg: proto.Message) -> api.ChatCancelReply:
-    return api.ChatCancelReply(cancelled=server.models.cancel(req.chat_id))
+    return api.ChatCancelReply(cancelled=server.chats.cancel(req.chat_id))
 
 
 def adapters(server: Server, req: api.Empty, msg: proto.Message) -> api.AdaptersReply:
@@ -54,8 +54,8 @@ def adapters(server: Server, req: api.Empty, msg: proto.Message) -> api.Adapters
                           "job": job["id"], "path": adapter_dir, "profile": job["profile"],
                           "final_loss": job["result"].get("final_loss"),
                           "finished": job["finished"]})
-    status = server.models.status()
-    return api.AdaptersReply(loaded=server.models.loaded_adapters(), known=known,
+    status = server.chats.status()
+    return api.AdaptersReply(loaded=server.chats.loaded_adapters(), known=known,
                              active=status["active_adapter"],
                              model_loaded=status["loaded"] is not None,
                              profile=status["profile"])

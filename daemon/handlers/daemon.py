@@ -32,7 +32,7 @@ def status(server: Server, req: api.Empty, msg: proto.Message) -> api.StatusRepl
     return api.StatusReply(
         pid=os.getpid(), epoch=server.epoch, profile=server.profile,
         uptime_s=round(time.time() - server.started_at, 3), jobs=dict(scheduler.job_counts),
-        models=server.models.status(), stopping=server.stopping,
+        models=server.chats.status(), stopping=server.stopping,
         counters=dict(server.dispatcher.counters),
         job_kinds={name: kind.available() for name, kind in JOB_KINDS.items()},
         **services.device_status(scheduler.job_pids()))
