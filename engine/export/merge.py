@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import ModelFormatError
-from engine.inference.adapters import adapter_config, check_shapes, read_adapter
+from engine.adapters import adapter_config, check_shapes, read_adapter
 from engine.models import hf_model_dir
 
 

@@ -192,7 +192,7 @@ def _export(profile: Any, directory: Path) -> dict[str, Any]:
     from engine.export.gguf_lora import export_gguf_lora, inexpressible
     from engine.export.gguf_model import export_gguf
     from engine.export.merge import merge_adapter
-    from engine.inference.adapters import read_adapter
+    from engine.adapters import read_adapter
     from engine.models import resolve_model
 
     adapter_dir = directory / "run" / "adapter"

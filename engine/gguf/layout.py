@@ -101,10 +101,10 @@ class TensorView:
 
 
 def read_tensors(path: Any) -> tuple[Any, dict[str, TensorView]]:
-    """The header (engine.gguf_header) and tensors of a GGUF, in well under a second.
+    """The header (engine.gguf.header) and tensors of a GGUF, in well under a second.
 
     gguf-py's GGUFReader decodes every vocabulary string and merge first (seconds for SmolLM2);
-    this reads the header with engine.gguf_header and maps the tensor data.
+    this reads the header with engine.gguf.header and maps the tensor data.
 
     Raises:
         ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
@@ -113,8 +113,7 @@ def read_tensors(path: Any) -> tuple[Any, dict[str, TensorView]]:
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from engine.gguf_header import GGUFHeaderError, read_header
-    from engine.models import read_gguf_info
+    from engine.gguf.header import GGUFHeaderError, read_gguf_info, read_header
 
     path = Path(path)
     try:
