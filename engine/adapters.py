@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError, ModelNotFoundError
+from engine.gguf.base import read_base_gguf
+from engine.gguf.layout import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -185,9 +187,6 @@ def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
     Raises:
         ModelFormatError: not a LoRA GGUF, another architecture, or shapes that differ.
     """
-    from engine.gguf.base import read_base_gguf
-    from engine.gguf.layout import read_tensors
-
     header, tensors = read_tensors(adapter_file)
     kind = header.metadata.get("general.type")
     if kind != "adapter":

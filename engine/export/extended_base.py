@@ -204,8 +204,8 @@ def extended_base_for(adapter_dir: Path, base_gguf: Path, *, progress: Progress 
     Raises:
         ModelFormatError: the base is not a readable GGUF model, or does not fit the tokenizer.
     """
-    from engine.export.gguf_lora import carries_token_rows
     from engine.adapters import adapter_config
+    from engine.export.gguf_lora import carries_token_rows
     from engine.models import read_gguf_info
 
     adapter_config(Path(adapter_dir))  # a missing or foreign dir is named, not a raw OSError

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ModelFormatError
 from engine.adapters import LoraAdapter, check_shapes, read_adapter
+from engine.errors import ModelFormatError
 from engine.gguf.base import BaseGGUF, read_base_gguf
 from engine.gguf.layout import PERMUTED_ARCHS, TensorNames, heads_for, rope_permute
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
+from engine.gguf.header import GGUFHeaderError, read_gguf_info, read_header
 
 # transformers model_type -> GGUF general.architecture
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -112,8 +113,6 @@ def read_tensors(path: Any) -> tuple[Any, dict[str, TensorView]]:
     from pathlib import Path
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    from engine.gguf.header import GGUFHeaderError, read_gguf_info, read_header
 
     path = Path(path)
     try:
