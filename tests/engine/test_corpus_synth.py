@@ -66,7 +66,7 @@ def test_the_llm_writer_goes_through_the_backend_protocol() -> None:
     backend = FakeBackend(answer="  A paragraph the model wrote.  ")
     docs = generate("emotion", 3, "en", 0, llm_text_writer(backend, max_tokens=40))
     assert [d.text for d in docs] == ["A paragraph the model wrote."] * 3
-    assert all(d.register == "emotion" for d in docs)
+    assert all(d.meta["register"] == "emotion" for d in docs)
     seeds = {r.seed for r in backend.requests}
     assert len(backend.requests) == 3 and len(seeds) == 3  # texts vary through the seed
     assert all(r.max_tokens == 40 and r.json_schema is None and r.temperature == 0.8

@@ -57,7 +57,7 @@ def test_the_json_generator_asks_the_backend_for_schema_constrained_chat() -> No
     from engine.testing.fake_backend import FakeBackend
 
     backend = FakeBackend(answer=json.dumps(GOOD))
-    generate = backend_json_generator(backend, seed=7, max_tokens=99)
+    generate = backend_json_generator(backend, seed=7, max_tokens=300)
     former = LlmSceneformer(RuleSceneformer(words, RuleOptions(1, 20)), generate, retries=0)
     leaves = [s for s in former.scenes(Document("d", TEXT)) if "kind" in s.meta]
     assert [s.register for s in leaves] == ["emotion", "emotion"]
@@ -65,7 +65,7 @@ def test_the_json_generator_asks_the_backend_for_schema_constrained_chat() -> No
     assert request.json_schema is SCENE_SCHEMA  # bounded strings and arrays reach the backend
     assert request.messages == [{"role": "user", "content": request.messages[0]["content"]}]
     assert "Anna felt grief" in request.messages[0]["content"]
-    assert (request.temperature, request.seed, request.max_tokens) == (0.0, 7, 99)
+    assert (request.temperature, request.seed, request.max_tokens) == (0.0, 7, 300)
     generate.close()
     assert backend.closed
 
