@@ -158,7 +158,7 @@ def _chat_through_daemon(client, prompt: str, tokens: int) -> tuple[int, float, 
 def chat_figures(client, profile_name: str, tokens: int,
                  repeats: int) -> tuple[float, float, float]:
     """Median tokens/s: Backend.generate called here, then the same chat through the daemon."""
-    from engine.inference.base import GenerationRequest, open_backend
+    from engine.inference import GenerationRequest, open_backend
     from engine.profiles import load_profile
 
     prompt = "Write a short paragraph about rivers and the sea."

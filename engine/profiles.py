@@ -326,7 +326,7 @@ def _semantic_checks(profile: Profile, problems: list[tuple[str, str]],
     Weights a person must still download are warnings, not problems: a shipped profile for a 7B
     model is valid before its weights are on disk, and says plainly that they are absent.
     """
-    from engine.models import ModelNotFoundError, resolve_model
+    from engine.models import ModelNotFoundError, resolve_model, spec_scheme
 
     for key in profile.router.adapters:
         if key not in REGISTERS:
@@ -349,7 +349,8 @@ def _semantic_checks(profile: Profile, problems: list[tuple[str, str]],
             resolve_model(spec)
         except ModelNotFoundError as exc:
             text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-            if spec.startswith(("package:", "tiny:")) and "not installed" not in exc.message:
+            # a misspelt scheme spec is an error; a missing file or package only a warning
+            if spec_scheme(spec) is not None and "not installed" not in exc.message:
                 problems.append((path, text))
             else:
                 warnings.append((path, text))

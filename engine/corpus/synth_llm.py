@@ -1,15 +1,17 @@
 """Model-written synthetic texts: the `--llm` mode of `hyperlex corpus synth`.
 
-A `TextWriter` for `engine.corpus.synth.generate` that asks a GGUF model (through llama.cpp) for
-a short passage in a register, with a topic drawn from the template vocabulary so that texts vary.
-The label is the register asked for; nothing here checks that the model obeyed.
+A `TextWriter` for `engine.corpus.synth.generate` that asks a model, through any `Backend` the
+caller opened, for a short passage in a register, with a topic drawn from the template vocabulary
+so that texts vary. The label is the register asked for; nothing here checks that the model
+obeyed. The corpus is the first stage: it never imports engine.inference.
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
+from engine.backend import Backend, GenerationRequest
+from engine.corpus.synth import TextWriter
 from engine.corpus.synth_vocab import VOCAB
 
 DESCRIPTIONS = {
@@ -21,21 +23,17 @@ DESCRIPTIONS = {
 LANGUAGE_NAMES = {"en": "English", "ru": "Russian"}
 
 
-def llm_text_writer(model_file: str, *, seed: int = 0, threads: int = 0, max_tokens: int = 160):
-    """A text writer backed by a GGUF model.
+def llm_text_writer(backend: Backend, *, max_tokens: int = 160) -> TextWriter:
+    """A text writer backed by a model.
 
     Args:
-        model_file: the GGUF file.
-        seed: sampling seed (texts also vary through the topic drawn from the rng).
-        threads: CPU threads (0: all).
+        backend: the backend, opened by the caller (the corpus stage never opens one itself).
         max_tokens: cap on each text's length.
 
     Returns:
-        `write(register, lang, rng) -> str`.
+        `write(register, lang, rng) -> str`; texts vary through the topic and the sampling seed
+        drawn from the rng.
     """
-    from engine.inference.llamacpp import LlamaCppBackend
-
-    backend = LlamaCppBackend(Path(model_file), n_ctx=1024, threads=threads, seed=seed)
 
     def write(register: str, lang: str, rng: random.Random) -> str:
         vocab = VOCAB[lang]
@@ -44,9 +42,9 @@ def llm_text_writer(model_file: str, *, seed: int = 0, threads: int = 0, max_tok
         prompt = (f"Write one short paragraph (3 to 5 sentences) in {LANGUAGE_NAMES[lang]}. "
                   f"Style: {DESCRIPTIONS[register]}. Mention {name} and the place "
                   f"'{place}'. Write only the paragraph.")
-        result = backend.llama.create_chat_completion(
+        result = backend.generate(GenerationRequest(
             messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-            temperature=0.8, seed=rng.randint(0, 2**31 - 1))
-        return (result["choices"][0]["message"]["content"] or "").strip() or prompt
+            temperature=0.8, seed=rng.randint(0, 2**31 - 1)))
+        return result.text.strip() or prompt
 
     return write

@@ -163,7 +163,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         DataError: no held-out example to score.
         NotAvailableError: perplexity asked of a backend without prompt log-probabilities.
     """
-    from engine.inference.base import open_backend
+    from engine.inference import open_backend
     from engine.inference.hf import HFBackend
     from engine.tokenizer import Hypertokenizer
     from engine.tokenizer.hypertokenizer import MANIFEST

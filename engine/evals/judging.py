@@ -27,7 +27,7 @@ def open_judge(spec: str, cache_dir: Path | None) -> Any:
         ConfigError: the profile does not exist or the backend is unknown.
     """
     from engine.evals.judge import JudgeConfig, PairwiseJudge
-    from engine.inference.base import open_backend
+    from engine.inference import open_backend
     from engine.profiles import load_profile
 
     name, _, backend_name = spec.partition(":")

@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
-from engine.export.gguf_layout import read_tensors
+from engine.gguf.base import TIED_OUTPUT_KEY  # defined with the reader; written here
+from engine.gguf.layout import read_tensors
 from engine.models import file_sha256
 from engine.paths import dirs
 
 # stage, done, total: called as the build moves on (a build takes seconds; a cache hit none)
 Progress = Callable[[str, int, int], None]
 FORMAT = "extended-base/1"  # part of the cache key: bump it when the file layout changes
-TIED_OUTPUT_KEY = "hyperlex.extended_base.tied_output"
 BASE_SHA_KEY = "hyperlex.extended_base.base_sha256"
 ADDED_KEY = "hyperlex.extended_base.added_tokens"
 
@@ -204,8 +204,8 @@ def extended_base_for(adapter_dir: Path, base_gguf: Path, *, progress: Progress 
     Raises:
         ModelFormatError: the base is not a readable GGUF model, or does not fit the tokenizer.
     """
+    from engine.adapters import adapter_config
     from engine.export.gguf_lora import carries_token_rows
-    from engine.inference.adapters import adapter_config
     from engine.models import read_gguf_info
 
     adapter_config(Path(adapter_dir))  # a missing or foreign dir is named, not a raw OSError
@@ -223,7 +223,7 @@ def build_extended_base(base_gguf: Path, tensors: dict[str, Any], added: list[Ad
 
     Args:
         base_gguf: the base.
-        tensors: its tensors (gguf_layout.read_tensors).
+        tensors: its tensors (engine.gguf.layout.read_tensors).
         added: the tokens to append.
         spellings: token id -> the base ids that spell it.
         out: the file to write (a temp file, renamed when complete).

@@ -6,7 +6,7 @@ llama.cpp scales each pair by alpha / r; where PEFT scales otherwise (rsLoRA, ra
 patterns), the difference is folded into lora_b so the product is the same.
 
 For llama-family bases the q/k `lora_B` rows are permuted for RoPE like the base's own q/k rows
-(see gguf_layout); without that the adapter loads and silently computes something else.
+(see engine.gguf.layout); without that the adapter loads and silently computes something else.
 
 Trained token rows (PEFT trainable tokens, or the rows a modules_to_save copy of the embedding
 or head changed) become LoRA pairs too, exactly: for N rows with deltas D = trained row - base
@@ -34,53 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.adapters import LoraAdapter, check_shapes, read_adapter
 from engine.errors import ModelFormatError
-from engine.export.gguf_layout import (
-    PERMUTED_ARCHS,
-    TensorNames,
-    heads_for,
-    read_tensors,
-    rope_permute,
-)
-from engine.inference.adapters import LoraAdapter, check_shapes, read_adapter
-
-
-@dataclass
-class BaseGGUF:
-    """What an adapter export needs to know about its base GGUF."""
-
-    path: Path
-    arch: str
-    n_blocks: int
-    n_head: int
-    n_head_kv: int
-    shapes: dict[str, tuple[int, int]]  # GGUF tensor name -> (out, in)
-    name: str
-    tensors: dict[str, Any] = field(default_factory=dict)  # name -> gguf_layout.TensorView
-    tied_output: bool = False  # output.weight is an extended base's copy of token_embd
-
-
-def read_base_gguf(path: Path) -> BaseGGUF:
-    """Architecture, head counts and tensor shapes of a base GGUF.
-
-    Raises:
-        ModelFormatError: the file is not a readable GGUF model.
-    """
-    from engine.export.extended_base import TIED_OUTPUT_KEY
-
-    header, tensors = read_tensors(path)  # refuses non-GGUF and corrupt files clearly
-    meta = header.metadata
-    arch = meta.get("general.architecture")
-    if meta.get("general.type") == "adapter":
-        raise ModelFormatError(f"{path} is a LoRA adapter GGUF, not a base model")
-    n_head = int(meta[f"{arch}.attention.head_count"])
-    shapes = {name: (tensor.shape[1], tensor.shape[0]) for name, tensor in tensors.items()
-              if len(tensor.shape) == 2}  # ggml lists (in, out)
-    return BaseGGUF(
-        path=path, arch=arch, n_blocks=int(meta[f"{arch}.block_count"]), n_head=n_head,
-        n_head_kv=int(meta.get(f"{arch}.attention.head_count_kv") or n_head),
-        shapes=shapes, name=str(meta.get("general.name") or path.name), tensors=tensors,
-        tied_output=bool(meta.get(TIED_OUTPUT_KEY)))
+from engine.gguf.base import BaseGGUF, read_base_gguf
+from engine.gguf.layout import PERMUTED_ARCHS, TensorNames, heads_for, rope_permute
 
 
 def inexpressible(adapter: LoraAdapter) -> list[str]:

@@ -10,7 +10,7 @@ Two ways in:
 - without one (tiny test models, HF-only bases): metadata from config.json and a byte-level BPE
   tokenizer from tokenizer.json, every tensor written from the HF weights.
 
-q/k rows are permuted for RoPE on llama-family models (gguf_layout). Knows nothing of backends.
+q/k rows are permuted for RoPE on llama-family models (engine.gguf.layout). Knows nothing of backends.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
-from engine.export.gguf_layout import (
+from engine.gguf.layout import (
     PERMUTED_ARCHS,
     TensorNames,
     field_value,

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.adapters import adapter_config, check_shapes, read_adapter
 from engine.errors import ModelFormatError, ModelNotFoundError
-from engine.inference.adapters import adapter_config, check_shapes, read_adapter
 from engine.inference.base import (
     AdapterChoice,
     GenerationRequest,

@@ -2,8 +2,10 @@
 
 Boundaries come from the `rule` sceneformer (so the lossless floor holds); the model only labels.
 Generation goes through a small seam, `JsonGenerator(prompt, schema) -> str`, implemented here
-with llama-cpp-python's schema-constrained decoding. Every answer is parsed and validated; an
-invalid one is retried, then the rule fields are kept, and both are counted in `LlmStats`.
+on the `Backend` protocol with `GenerationRequest.json_schema` (schema-constrained decoding on
+llama.cpp). Every answer is parsed and validated; an invalid one is retried, then the rule fields
+are kept, and both are counted in `LlmStats`. The caller opens the backend: scenes come before
+inference in the data order and never import it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from engine.backend import Backend, GenerationRequest
 from engine.scenes.rule import RuleSceneformer
 from engine.types import REGISTERS, Document, Scene
 
@@ -149,32 +152,27 @@ class LlmSceneformer:
         scene.meta["llm_error"] = reason
 
 
-def llama_json_generator(model_file: str, *, n_ctx: int = 2048, threads: int = 0, seed: int = 0,
-                         max_tokens: int = 256) -> JsonGenerator:
-    """A `JsonGenerator` on a GGUF model with llama.cpp's schema-constrained decoding.
+def backend_json_generator(backend: Backend, *, seed: int = 0, max_tokens: int = 256
+                           ) -> JsonGenerator:
+    """A `JsonGenerator` on any backend that honours `GenerationRequest.json_schema`.
+
+    The prompt goes as one user message through the model's chat template; the schema
+    constrains decoding (llama.cpp compiles it to a grammar). Closing the generator closes the
+    backend, which the generator then owns.
 
     Args:
-        model_file: the GGUF file.
-        n_ctx: context window.
-        threads: CPU threads (0: all).
+        backend: the backend, opened by the caller (this stage never opens one itself).
         seed: sampling seed.
         max_tokens: cap on the answer's length.
 
     Returns:
-        `generate(prompt, schema) -> str`.
+        `generate(prompt, schema) -> str`, with a `close()`.
     """
-    from pathlib import Path
-
-    from engine.inference.llamacpp import LlamaCppBackend
-
-    backend = LlamaCppBackend(Path(model_file), n_ctx=n_ctx, threads=threads, seed=seed)
 
     def generate(prompt: str, schema: dict[str, Any]) -> str:
-        result = backend.llama.create_chat_completion(
+        return backend.generate(GenerationRequest(
             messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-            temperature=0.0, seed=seed,
-            response_format={"type": "json_object", "schema": schema})
-        return result["choices"][0]["message"]["content"] or ""
+            temperature=0.0, seed=seed, json_schema=schema)).text
 
     generate.close = backend.close  # type: ignore[attr-defined]
     return generate

@@ -37,6 +37,23 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def llm_generator(profile: Any) -> Any:
+    """The `llm` sceneformer's JSON generator on the profile's GGUF through llama.cpp.
+
+    The job process is where the scenes stage meets a backend: the sceneformer itself only
+    knows engine.backend's protocol, so opening one here is the single place scenes reach
+    inference (the layers contract in pyproject.toml names this import as allowed).
+    """
+    from engine.inference.llamacpp import LlamaCppBackend
+    from engine.models import gguf_path
+    from engine.scenes.llm import backend_json_generator
+
+    backend = LlamaCppBackend(gguf_path(profile.model.gguf or profile.model.base),
+                              n_ctx=profile.inference.n_ctx, threads=profile.device.threads,
+                              seed=profile.inference.seed)
+    return backend_json_generator(backend, seed=profile.inference.seed)
+
+
 def run(args: argparse.Namespace, events: Events) -> dict[str, Any]:
     """Build and write; returns the `done` event."""
     from engine.corpus.sources import CorpusReader, ReadOptions
@@ -55,13 +72,7 @@ def run(args: argparse.Namespace, events: Events) -> dict[str, Any]:
     name = args.sceneformer or profile.scenes.sceneformer
     generate = None
     if name == "llm":
-        from engine.models import gguf_path
-        from engine.scenes.llm import llama_json_generator
-
-        generate = llama_json_generator(str(gguf_path(profile.model.gguf or profile.model.base)),
-                                        n_ctx=profile.inference.n_ctx,
-                                        threads=profile.device.threads,
-                                        seed=profile.inference.seed)
+        generate = llm_generator(profile)
     former = make_sceneformer(name, load_counter(profile.model.base), rule_options(profile),
                               generate)
     embedder = None

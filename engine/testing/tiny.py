@@ -3,6 +3,10 @@
 They are real transformers models with real tokenizers, only small: the fast test suite trains,
 exports and runs them. The tokenizer is a byte-level BPE trained on text this module generates,
 in English and Russian, so nothing is ever unknown. Built once per cache dir, atomically.
+
+`SCHEME` makes `tiny:llama`, `tiny:qwen2` and `tiny:mistral` model specs: pyproject.toml declares
+it under the `hyperlex.model_schemes` entry points, which engine.models loads when a spec names
+`tiny`, so engine.models never imports this module and a job process finds tiny models too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engine.models import ModelScheme
 from engine.paths import dirs
 
 CHATML_TEMPLATE = (
@@ -81,7 +86,7 @@ def build_tiny_model(arch: str = "llama", directory: Path | None = None, seed: i
 
     if arch not in SHAPES:
         raise ValueError(f"unknown tiny architecture {arch!r}; use one of {', '.join(SHAPES)}")
-    target = directory or dirs().cache / "tiny" / arch
+    target = directory or tiny_location(arch)
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,3 +110,12 @@ def build_tiny_model(arch: str = "llama", directory: Path | None = None, seed: i
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def tiny_location(arch: str) -> Path:
+    """Where `build_tiny_model(arch)` puts its model (nothing is built)."""
+    return dirs().cache / "tiny" / arch
+
+
+# The `tiny` model scheme (see the module docstring).
+SCHEME = ModelScheme(names=tuple(SHAPES), location=tiny_location, build=build_tiny_model)

@@ -55,12 +55,14 @@ def synth(register: str, n: int, lang: str, seed: int, use_llm: bool, output: st
 
 def _llm_writer(profile_name: str, seed: int):
     from engine.corpus.synth_llm import llm_text_writer
+    from engine.inference.llamacpp import LlamaCppBackend
     from engine.models import gguf_path
     from engine.profiles import load_profile
 
     profile = load_profile(profile_name)
-    return llm_text_writer(str(gguf_path(profile.model.gguf or profile.model.base)), seed=seed,
-                           threads=profile.device.threads)
+    backend = LlamaCppBackend(gguf_path(profile.model.gguf or profile.model.base), n_ctx=1024,
+                              threads=profile.device.threads, seed=seed)
+    return llm_text_writer(backend)
 
 
 @group.command("inspect")

@@ -188,11 +188,11 @@ def _train(profile: Any, directory: Path, max_steps: int) -> dict[str, Any]:
 
 
 def _export(profile: Any, directory: Path) -> dict[str, Any]:
+    from engine.adapters import read_adapter
     from engine.export.extended_base import extended_base_for
     from engine.export.gguf_lora import export_gguf_lora, inexpressible
     from engine.export.gguf_model import export_gguf
     from engine.export.merge import merge_adapter
-    from engine.inference.adapters import read_adapter
     from engine.models import resolve_model
 
     adapter_dir = directory / "run" / "adapter"

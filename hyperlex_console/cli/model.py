@@ -9,7 +9,13 @@ import click
 from rich.table import Table
 
 from engine.errors import ConfigError, HyperlexError
-from engine.models import PACKAGED_MODELS, TINY_ARCHS, check_model_spec, model_info, resolve_model
+from engine.models import (
+    PACKAGED_MODELS,
+    check_model_spec,
+    model_info,
+    resolve_model,
+    scheme_specs,
+)
 from engine.profiles import find_profile, list_profiles, load_profile
 from hyperlex_console.cli.common import emit_json, handles_errors, json_option, stdout
 
@@ -38,7 +44,7 @@ def group() -> None:
 def list_command(as_json: bool) -> None:
     """List the models hyperlex knows: packaged ones, tiny ones and those the profiles name."""
     rows: list[dict[str, Any]] = []
-    specs = [f"package:{name}" for name in PACKAGED_MODELS] + [f"tiny:{a}" for a in TINY_ARCHS]
+    specs = [f"package:{name}" for name in PACKAGED_MODELS] + scheme_specs()
     used_by: dict[str, list[str]] = {}
     for path in list_profiles():
         try:

@@ -100,12 +100,14 @@ def build_command(inputs: tuple[str, ...], output: str, sceneformer: str | None,
 
 
 def _llm_generator(profile):
+    from engine.inference.llamacpp import LlamaCppBackend
     from engine.models import gguf_path
-    from engine.scenes.llm import llama_json_generator
+    from engine.scenes.llm import backend_json_generator
 
-    return llama_json_generator(str(gguf_path(profile.model.gguf or profile.model.base)),
-                                n_ctx=profile.inference.n_ctx, threads=profile.device.threads,
-                                seed=profile.inference.seed)
+    backend = LlamaCppBackend(gguf_path(profile.model.gguf or profile.model.base),
+                              n_ctx=profile.inference.n_ctx, threads=profile.device.threads,
+                              seed=profile.inference.seed)
+    return backend_json_generator(backend, seed=profile.inference.seed)
 
 
 def _report_build(summary, output: str, as_json: bool) -> None:

@@ -56,3 +56,18 @@ def test_jsonl_round_trips_through_the_corpus_reader(tmp_path) -> None:
     assert [d.meta["register"] for d in read] == [d.meta["register"] for d in docs]
     first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
     assert first["lang"] == "ru" and first["register"] == "logic"
+
+
+def test_the_llm_writer_goes_through_the_backend_protocol() -> None:
+    from engine.corpus.synth import generate
+    from engine.corpus.synth_llm import llm_text_writer
+    from engine.testing.fake_backend import FakeBackend
+
+    backend = FakeBackend(answer="  A paragraph the model wrote.  ")
+    docs = generate("emotion", 3, "en", 0, llm_text_writer(backend, max_tokens=40))
+    assert [d.text for d in docs] == ["A paragraph the model wrote."] * 3
+    assert all(d.meta["register"] == "emotion" for d in docs)
+    seeds = {r.seed for r in backend.requests}
+    assert len(backend.requests) == 3 and len(seeds) == 3  # texts vary through the seed
+    assert all(r.max_tokens == 40 and r.json_schema is None and r.temperature == 0.8
+               and "feelings" in r.messages[0]["content"] for r in backend.requests)

@@ -176,8 +176,8 @@ def test_tied_base_gets_an_explicit_output_and_a_row_lora_never_meets_a_tied_one
     from gguf import GGUFReader
 
     from engine.export.extended_base import TIED_OUTPUT_KEY, extended_base
-    from engine.export.gguf_layout import field_value
     from engine.export.gguf_lora import export_gguf_lora
+    from engine.gguf.layout import field_value
     from engine.tokenizer import Hypertokenizer
 
     base_reader = GGUFReader(str(base_gguf))

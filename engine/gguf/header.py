@@ -4,7 +4,8 @@ gguf-py's `GGUFReader` decodes every element of every array (49,152 vocabulary s
 many merges for SmolLM2), which took 9 s here; this reader skips over large arrays and reads the
 same header in well under a second. It also checks that every tensor's data lies inside the file,
 which catches truncated downloads before llama.cpp (which may abort the process) sees them.
-It knows nothing of models beyond the GGUF format.
+`read_gguf_info` turns a header into the figures `hyperlex model info` shows, refusing a bad file
+with a person-readable error. It knows nothing of models beyond the GGUF format.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.errors import ModelFormatError
 
 MAGIC = b"GGUF"
 # value type -> struct format (scalar types only); 8 = string, 9 = array
@@ -150,3 +153,33 @@ def read_header(path: Path) -> GGUFHeader:
             raise GGUFHeaderError(f"tensor {tensor.name!r} ends at byte {end}, past the end of "
                                   f"the file ({size} bytes): the file is truncated")
     return header
+
+
+def read_gguf_info(path: Path) -> dict[str, Any]:
+    """Architecture, parameter count, vocab size and context length from a GGUF's header.
+
+    Raises:
+        ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
+    """
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != MAGIC:
+        raise ModelFormatError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')",
+                               hint="re-download or re-export the file")
+    try:
+        header = read_header(path)
+    except GGUFHeaderError as exc:
+        raise ModelFormatError(f"{path} is truncated or corrupt: {exc}",
+                               hint="re-download or re-export the file") from exc
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    return {
+        "architecture": arch,
+        "name": meta.get("general.name"),
+        "parameters": sum(t.n_elements for t in header.tensors),
+        "vocab_size": header.array_lengths.get("tokenizer.ggml.tokens"),
+        "context_length": meta.get(f"{arch}.context_length"),
+        "hidden_size": meta.get(f"{arch}.embedding_length"),
+        "layers": meta.get(f"{arch}.block_count"),
+        "file_type": meta.get("general.file_type"),
+    }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFormatError
+from engine.gguf.header import GGUFHeaderError, read_gguf_info, read_header
 
 # transformers model_type -> GGUF general.architecture
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -101,10 +102,10 @@ class TensorView:
 
 
 def read_tensors(path: Any) -> tuple[Any, dict[str, TensorView]]:
-    """The header (engine.gguf_header) and tensors of a GGUF, in well under a second.
+    """The header (engine.gguf.header) and tensors of a GGUF, in well under a second.
 
     gguf-py's GGUFReader decodes every vocabulary string and merge first (seconds for SmolLM2);
-    this reads the header with engine.gguf_header and maps the tensor data.
+    this reads the header with engine.gguf.header and maps the tensor data.
 
     Raises:
         ModelFormatError: the file is not a GGUF, or is truncated or corrupt.
@@ -112,9 +113,6 @@ def read_tensors(path: Any) -> tuple[Any, dict[str, TensorView]]:
     from pathlib import Path
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    from engine.gguf_header import GGUFHeaderError, read_header
-    from engine.models import read_gguf_info
 
     path = Path(path)
     try:
