@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from daemon import __version__, services
+from daemon import __version__, loaded
 from daemon import protocol as proto
 from daemon.api import BadRequest
 from daemon.chat_scheduler import ChatScheduler, open_profile_backend
@@ -153,9 +153,9 @@ class Server:
         self.chats = ChatScheduler(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s,
                                    opener=self.options.chat_opener or open_profile_backend,
-                                   router=services.router,
+                                   router=loaded.router,
                                    memory=lambda profile, name:
-                                   services.open_memory(profile, self.dirs.state, name))
+                                   loaded.open_memory(profile, self.dirs.state, name))
         self.dispatcher = Dispatcher(self, self.session, self.transport.send_reply,
                                      self.inbox.post, lambda: self.stopping)
         self.info = ConnectionInfo(request=request, events=events, key=self.session.key.decode(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon import api, services
+from daemon import api, loaded
 from daemon import protocol as proto
 from daemon.chat_scheduler import Chat
 from daemon.handlers.jobs import resolve_adapter
@@ -72,7 +72,7 @@ def route_prompt(profile_name: str, prompt: str) -> dict[str, Any]:
     Without a trained classifier the reply has no decision and a hint naming the command.
     """
     try:
-        decision = services.router(profile_name).route(prompt)
+        decision = loaded.router(profile_name).route(prompt)
     except DataError as exc:
         return {"route": None, "hint": f"{exc.message}; {exc.hint}" if exc.hint else exc.message}
     return {"route": decision.to_dict(), "hint": None}

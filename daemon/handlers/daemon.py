@@ -6,7 +6,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from daemon import __version__, api, services
+from daemon import __version__, api, machine
 from daemon import protocol as proto
 from daemon.jobs import JOB_KINDS
 from engine.errors import HyperlexError
@@ -35,7 +35,7 @@ def status(server: Server, req: api.Empty, msg: proto.Message) -> api.StatusRepl
         models=server.chats.status(), stopping=server.stopping,
         counters=dict(server.dispatcher.counters),
         job_kinds={name: kind.available() for name, kind in JOB_KINDS.items()},
-        **services.device_status(scheduler.job_pids()))
+        **machine.device_status(scheduler.job_pids()))
 
 
 def snapshot(server: Server, req: api.SnapshotRequest, msg: proto.Message) -> api.SnapshotReply:

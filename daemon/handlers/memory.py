@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon import api, services
+from daemon import api, loaded, ratings
 from daemon import protocol as proto
 
 if TYPE_CHECKING:
@@ -26,9 +26,9 @@ def memory_search(profile_name: str, state: Path, query: str, k: int = 5,
         `{"hits": [{"scene_id", "score", "scene"}], "hint": str|None, "memory": path,
         "scenes": count}`; an empty memory gives no hits and a hint.
     """
-    path = services.memory_dir(state, memory)
+    path = loaded.memory_dir(state, memory)
     # The memory's own embedder (fixed by its first write) may differ from the profile's.
-    with services.open_memory(profile_name, state, memory) as scene_memory:
+    with loaded.open_memory(profile_name, state, memory) as scene_memory:
         result = scene_memory.search(query, k, {f: v for f, v in (filters or {}).items() if v})
         count = len(scene_memory)
     hits = [{"scene_id": h.scene_id, "score": round(float(h.score), 6),
@@ -52,4 +52,4 @@ def ab_rating(server: Server, req: api.AbRatingRequest,
     for key in ("adapters", "note", "chat_ids"):
         if getattr(req, key) is not None:
             record[key] = getattr(req, key)
-    return api.AbRatingReply(**services.save_ab_rating(server.dirs.state, record))
+    return api.AbRatingReply(**ratings.save_ab_rating(server.dirs.state, record))

@@ -31,7 +31,7 @@ from engine.errors import ConfigError, DataError
 from engine.evals.density import leaf_scenes, one_side_records
 from engine.evals.records import EvalRecord
 from engine.memory import MemoryConfig, SceneMemory
-from engine.memory.memory import DEFAULT_EMBEDDER, Embedder
+from engine.memory.scene_memory import DEFAULT_EMBEDDER, Embedder
 from engine.types import Scene
 
 TASK = "assoc"

@@ -1,6 +1,6 @@
 """People's A/B ratings: the lines the console's chat pane appends to `<state>/ab_ratings.jsonl`.
 
-The daemon writes one JSON object a line (`daemon.services.save_ab_rating`):
+The daemon writes one JSON object a line (`daemon.ratings.save_ab_rating`):
 
     {"time": 1718000000.123, "prompt": "...", "rating": "a" | "b" | "tie" | "skip",
      "answers": {"a": {"model": "base", "text": "..."}, "b": {"model": "adapter: job 3", ...},

@@ -3,7 +3,7 @@
 Knows the engine's types and the embedder; nothing of the daemon or the console.
 """
 
-from engine.memory.memory import (
+from engine.memory.scene_memory import (
     AddReport,
     Hit,
     MemoryConfig,

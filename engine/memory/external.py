@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.errors import DataError
 from engine.memory.index import VectorIndex
-from engine.memory.memory import SceneMemory
+from engine.memory.scene_memory import SceneMemory
 from engine.types import Scene
 
 KNOWN_COLUMNS = ("id", "doc", "text", "register", "level", "parent")

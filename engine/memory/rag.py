@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.memory.memory import Hit, SceneMemory
+from engine.memory.scene_memory import Hit, SceneMemory
 
 SCENE_OPEN = "<|scene|>"
 SCENE_CLOSE = "<|/scene|>"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from daemon.services import save_ab_rating
+from daemon.ratings import save_ab_rating
 from engine.errors import DataError
 from engine.evals.human import pairwise_outcomes, rating_records, read_ratings
 from engine.evals.judge import summarise_judge

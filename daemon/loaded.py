@@ -1,20 +1,16 @@
-"""What more than one of the daemon's domains shares: the sentence embedder, scene memories and
-routers (requests and the chat scheduler both use them), A/B ratings, and the machine's device
-and memory figures. Helpers that serve one domain live in that domain's daemon.handlers module.
+"""Engine objects the daemon keeps loaded between requests: the sentence embedder, scene
+memories and routers. Requests and the chat scheduler both use them.
 
-Loaded things that are slow to build (the sentence embedder, routers) are cached here, keyed by
-what they were built from, and guarded by a lock because requests run on worker threads.
+They are slow to build, so each is cached here, keyed by what it was built from. Requests run
+on worker threads, so the caches are guarded by one lock, and a shared embedder encodes one
+batch at a time.
 
 This module knows the engine's public APIs; it knows nothing of sockets or the console.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,64 +106,3 @@ def router(profile_name: str, classifier: Path | None = None) -> Any:
     with _lock:
         _routers[key] = built
     return built
-
-
-def save_ab_rating(state: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Append one A/B rating to `<state>/ab_ratings.jsonl` (flushed and fsynced).
-
-    Returns:
-        `{"saved": True, "path": str, "count": lines in the file}`.
-    """
-    path = state / "ab_ratings.jsonl"
-    line = json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False)
-    with _lock:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with open(path, encoding="utf-8") as f:
-            count = sum(1 for _ in f)
-    return {"saved": True, "path": str(path), "count": count}
-
-
-def rss_bytes(pid: int | str = "self") -> int | None:
-    """Resident memory of a process from /proc (None where /proc is absent or it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def device_status(job_pids: list[int]) -> dict[str, Any]:
-    """The daemon's and its jobs' resident memory, and CUDA devices when torch sees any.
-
-    torch is only asked when it is already imported (a model is or was loaded): the status
-    request must stay fast and not load torch by itself.
-    """
-    memory: dict[str, Any] = {"rss_bytes": rss_bytes(),
-                              "jobs_rss_bytes": {str(p): rss_bytes(p) for p in job_pids}}
-    device: dict[str, Any] = {"cuda": None, "devices": []}
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            available = bool(torch.cuda.is_available())
-            device["cuda"] = available
-            device["count"] = torch.cuda.device_count() if available else 0
-            # Asking for figures would create a CUDA context (hundreds of MiB) in a daemon that
-            # may not use the GPU itself: only report them once torch has initialised CUDA.
-            device["initialized"] = bool(available and torch.cuda.is_initialized())
-            for index in range(device["count"] if device["initialized"] else 0):
-                free, total = torch.cuda.mem_get_info(index)
-                device["devices"].append({
-                    "index": index, "name": torch.cuda.get_device_name(index),
-                    "total_bytes": int(total), "free_bytes": int(free),
-                    "allocated_bytes": int(torch.cuda.memory_allocated(index)),
-                    "reserved_bytes": int(torch.cuda.memory_reserved(index))})
-        except Exception as exc:  # a broken driver is a status line, not a failed request
-            device["error"] = str(exc)
-    else:
-        device["note"] = "torch not loaded yet: CUDA is reported once a model has loaded"
-    return {"memory": memory, "device": device}
