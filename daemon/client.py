@@ -660,6 +660,15 @@ async def _now(function: Callable[[], T]) -> T:
     return function()
 
 
+def _drop_sockets(aio: AsyncClient, ctx: zmq.Context) -> None:
+    # `aio` is held here, so its sockets are still open objects to close (one collected
+    # unclosed would keep its libzmq socket open, and term() would wait for it).
+    for sock in [aio.sock, *aio._sockets]:
+        if sock is not None and not sock.closed:
+            sock.close(0)
+    ctx.destroy(linger=0)
+
+
 class Client(_RequestMethods):
     """A blocking client: `AsyncClient`'s methods, each waited for.
 
@@ -675,6 +684,10 @@ class Client(_RequestMethods):
         self.aio = AsyncClient(connection, context=zmq.asyncio.Context.shadow(self.ctx.underlying),
                                **kwargs)
         self._plain: tuple[zmq.asyncio.Socket, zmq.Socket] | None = None
+        # A client dropped without close(): its sockets belong to the asyncio shadow, which the
+        # plain context's own destroy does not see, and terminating a context with open sockets
+        # blocks forever. Close them first when the client is collected.
+        self._finalizer = weakref.finalize(self, _drop_sockets, self.aio, self.ctx)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run(coro)
@@ -734,6 +747,7 @@ class Client(_RequestMethods):
     def close(self) -> None:
         """Close the client, its event streams and its SSH tunnel, if any."""
         self._run(_now(self.aio.close))
+        self._finalizer.detach()
         self.ctx.destroy(linger=0)  # and what was made from the plain views (monitors)
         self._loop.close()
 

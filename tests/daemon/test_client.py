@@ -220,3 +220,19 @@ def test_an_interrupted_blocking_call_leaves_no_task_to_steal_the_next_reply():
         assert runner.run(asyncio.sleep(0, "next call")) == "next call"
     finally:
         runner.close()
+
+
+def test_a_client_dropped_without_close_is_collected_without_hanging(tmp_path):
+    import gc
+
+    def drop() -> None:
+        client = Client(_nowhere(tmp_path), timeout=0.05, retries=0)
+        with pytest.raises(TimeoutError):
+            client.status()  # its socket is open now
+        del client
+        gc.collect()
+
+    worker = threading.Thread(target=drop, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "collecting an unclosed client blocked in zmq term()"
