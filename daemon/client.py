@@ -15,6 +15,8 @@ each blocking call runs the async one to completion on the client's own private 
 the calling thread, or on a helper thread when the calling thread already runs a loop (a Textual
 handler). A zmq.asyncio socket belongs to the loop that first uses it, so a `Client`'s sockets
 are only ever touched while its private loop runs, and an `AsyncClient` must stay on one loop.
+On that private loop nothing else waits, so the blocking client waits for a reply in ZeroMQ
+itself (`wait_in_zmq`): the same code, without asyncio's reader callbacks on the hot path.
 
 It knows nothing of the console.
 """
@@ -268,6 +270,11 @@ class AsyncClient(_RequestMethods):
         self.sock = self._new_socket(zmq.DEALER, self.info.request)
         # One request in flight per socket keeps reply matching simple.
         self._lock = asyncio.Lock()
+        # Set by the blocking `Client`: this client runs on a private loop where nothing else
+        # waits, so a reply is waited for in ZeroMQ itself rather than through asyncio's
+        # reader callbacks (a round trip through them cost about 0.1-0.3 ms more per request).
+        self.wait_in_zmq = False
+        self._plain_sock: tuple[zmq.asyncio.Socket, zmq.Socket] | None = None
 
     def _new_socket(self, kind: int, endpoint: str, rcvhwm: int = 200_000) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -307,12 +314,13 @@ class AsyncClient(_RequestMethods):
             for attempt in range(attempts):
                 # Each try is a new message (fresh seq, so not a replay) answering the same id.
                 _, frames = self.session.request(msg_type, content, msg_id=msg_id)
-                await self.sock.send_multipart(frames)
+                await self._send(frames)
                 deadline = time.monotonic() + timeout
                 while (left := deadline - time.monotonic()) > 0:
-                    if not await self.sock.poll(int(left * 1000) + 1):
+                    frames = await self._receive(int(left * 1000) + 1)
+                    if frames is None:
                         break
-                    reply = self._decode_reply(await self.sock.recv_multipart(), msg_id)
+                    reply = self._decode_reply(frames, msg_id)
                     if reply is not None:
                         return reply
                 if attempt + 1 < attempts:
@@ -321,6 +329,32 @@ class AsyncClient(_RequestMethods):
                     self.sock = self._new_socket(zmq.DEALER, self.info.request)
         raise TimeoutError(f"no reply to {msg_type} from {self.info.request} after "
                            f"{attempts} tr{'y' if attempts == 1 else 'ies'} of {timeout:g} s")
+
+    def _plain(self) -> zmq.Socket:
+        """The request socket as a plain ZeroMQ socket (for `wait_in_zmq`)."""
+        if self._plain_sock is None or self._plain_sock[0] is not self.sock:
+            self._plain_sock = (self.sock, zmq.Socket.shadow(self.sock.underlying))
+        return self._plain_sock[1]
+
+    async def _send(self, frames: list[bytes]) -> None:
+        if self.wait_in_zmq:
+            try:
+                self._plain().send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass  # over the high-water mark: wait for room the asyncio way
+        await self.sock.send_multipart(frames)
+
+    async def _receive(self, timeout_ms: int) -> list[bytes] | None:
+        """The next message on the request socket, or None after `timeout_ms`."""
+        if not self.wait_in_zmq:
+            if not await self.sock.poll(timeout_ms):
+                return None
+            return await self.sock.recv_multipart()
+        plain = self._plain()
+        if not plain.poll(timeout_ms):
+            return None
+        return plain.recv_multipart(zmq.NOBLOCK)
 
     def _decode_reply(self, frames: list[bytes], msg_id: str) -> dict[str, Any] | None:
         """The reply's content when `frames` answer `msg_id`; None for a stale reply."""
@@ -683,6 +717,7 @@ class Client(_RequestMethods):
         self.ctx = zmq.Context()
         self.aio = AsyncClient(connection, context=zmq.asyncio.Context.shadow(self.ctx.underlying),
                                **kwargs)
+        self.aio.wait_in_zmq = True
         self._plain: tuple[zmq.asyncio.Socket, zmq.Socket] | None = None
         # A client dropped without close(): its sockets belong to the asyncio shadow, which the
         # plain context's own destroy does not see, and terminating a context with open sockets
