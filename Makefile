@@ -5,7 +5,7 @@ install:
 	./install.sh --dev
 
 test:
-	.venv/bin/python -m pytest -m "not gpu"
+	.venv/bin/python -m pytest -m "not gpu and not soak"
 
 test-fast:
 	.venv/bin/python -m pytest -m "not gpu and not slow and not e2e"
