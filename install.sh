@@ -165,5 +165,5 @@ cat <<'DONE'
 hyperlex is installed. Next:
   .venv/bin/hyperlex chat --profile default "What is the capital of France?"
   .venv/bin/hyperlex --help                      # the tour of commands
-  ./install.sh --dev && .venv/bin/python -m pytest -m "not gpu"   # the test suite
+  ./install.sh --dev && .venv/bin/python -m pytest -m "not gpu and not soak"   # the test suite
 DONE
