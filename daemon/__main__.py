@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from daemon.connection import connection_file_path
+from daemon.connection import check_runtime_file, connection_file_path
 from daemon.launch import serve, spawn_detached
 from engine.errors import HyperlexError
 
@@ -45,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_connection:
         path = connection_file_path()
         try:
+            check_runtime_file(path)
             print(path.read_text())
         except FileNotFoundError:
             print(f"hyperlexd: no daemon is running (no {path})", file=sys.stderr)
+            return 1
+        except HyperlexError as exc:
+            print(f"hyperlexd: {exc}", file=sys.stderr)
             return 1
         return 0
     try:

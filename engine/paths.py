@@ -47,22 +47,28 @@ class Dirs:
         return self
 
 
-def private_runtime_dir(path: Path) -> Path:
+def private_runtime_dir(path: Path, create: bool = True) -> Path:
     """Create `path` as a 0700 directory, or check that the existing one is private.
 
     It holds the daemon's sockets and its connection file (the session key), so it must be
     a real directory of this user that nobody else can enter. An existing one is refused
     rather than repaired: a wrong one in the shared temp dir may have been planted.
 
+    Args:
+        path: the runtime dir.
+        create: False to only check (a client reading the connection file).
+
     Raises:
         ConfigError: a symlink, not a directory, owned by another user, or group/other bits.
+        FileNotFoundError: it does not exist and `create` is False.
     """
     created = False
-    try:
-        path.mkdir(mode=0o700, parents=True)
-        created = True
-    except FileExistsError:
-        pass
+    if create:
+        try:
+            path.mkdir(mode=0o700, parents=True)
+            created = True
+        except FileExistsError:
+            pass
     info = os.lstat(path)
     hint = f"remove {path} (hyperlex creates it again as a private directory)"
     if stat.S_ISLNK(info.st_mode):

@@ -261,6 +261,21 @@ def test_a_runtime_dir_open_to_others_is_refused_and_a_new_one_is_0700(tmp_path)
     private_runtime_dir(fresh)  # and it is accepted the next time
 
 
+def test_a_client_refuses_a_connection_file_another_user_could_have_planted(tmp_path):
+    runtime = dirs().runtime
+    runtime.mkdir(mode=0o755)
+    runtime.chmod(0o755)
+    planted = tmp_path / "planted.json"
+    planted.write_text('{"request": "ipc:///tmp/x", "events": "ipc:///tmp/y", "key": "k"}')
+    (runtime / "hyperlexd.json").symlink_to(planted)
+    with pytest.raises(ConfigError, match="mode 0755"):
+        read_connection_file()
+    runtime.chmod(0o700)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        read_connection_file()
+    assert hyperlexd.main(["--print-connection"]) == 1
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a dir to another user needs root")
 def test_a_runtime_dir_of_another_user_is_refused(tmp_path):
     theirs = tmp_path / "theirs"
