@@ -83,7 +83,15 @@ def serve(profile: str, bind: str | None = None, curve: bool = True, *,
         log.error("could not start: %s", exc)
         server.close()
         raise
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except HyperlexError as exc:
+        log.error("stopped: %s", exc)
+        raise
+    except Exception:
+        # The command line prints one line; the log keeps the whole story.
+        log.exception("stopped on an unexpected error")
+        raise
 
 
 def _env_int(name: str, default: int) -> int:
