@@ -6,8 +6,9 @@ One chat thread runs generations one at a time; waiting chats are served round-r
 client sessions, so a client with ten queued chats does not starve one with a single chat.
 Tokens are handed to `publish(topic, data)` as they come; a cancelled chat stops at the next
 token. Every failure, a model that does not load included, is an `error` event followed by
-`done`; the chat thread keeps serving. The chat queue has no cap, so chats never get a busy
-answer (the job queue has one: daemon.jobs).
+`done`; the chat thread keeps serving. Waiting chats are bounded in count and in bytes (their
+prompts and histories): past either bound `submit` raises `ChatQueueFullError` ("daemon busy"),
+so a flood of chats costs the daemon a bounded amount of memory. A running chat is not counted.
 
 Each chat is one run of engine.inference.turn's `ChatTurn`, the chat turn every front end
 shares: it routes (when asked), loads the adapter it needs once (`LoadedAdapters`; switching
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, HyperlexError
 
 log = logging.getLogger("hyperlexd.chat")
 Publish = Callable[[str, dict[str, Any]], None]
@@ -44,6 +45,12 @@ MemoryFn = Callable[[str, str], Any]
 
 class ChatCancelled(Exception):
     """Raised from the token callback to stop a generation mid-stream."""
+
+
+class ChatQueueFullError(HyperlexError):
+    """Too many chats, or too many bytes of chats, are waiting for the model."""
+
+    title = "daemon busy"
 
 
 def open_profile_backend(profile_name: str) -> tuple[Any, Any]:
@@ -70,6 +77,13 @@ class Chat:
     def __post_init__(self) -> None:
         self.topic = f"chat.{self.chat_id}.token"
 
+    @property
+    def size_bytes(self) -> int:
+        """What the chat's prompt and history weigh, in UTF-8 bytes (the queue's byte bound)."""
+        # surrogatepass: a lone surrogate in a message must be counted, not raise.
+        return sum(len(str(value).encode("utf-8", "surrogatepass"))
+                   for message in self.messages for value in message.values())
+
 
 class ChatScheduler:
     """Owns the loaded model, the chat queue and the one chat thread that serves it.
@@ -81,11 +95,18 @@ class ChatScheduler:
         opener: profile name -> (backend, profile); engine.inference by default.
         router: profile name -> its router, for chats with `route`.
         memory: (profile name, memory name) -> a scene memory, for chats with `rag_k`.
+        max_queued: chats that may wait at once (the running one not counted).
+        max_queued_bytes: bytes of prompts and histories that may wait at once.
     """
 
     def __init__(self, publish: Publish, profile: str, keep_alive_s: float = 300.0,
                  opener: Callable[[str], tuple[Any, Any]] = open_profile_backend,
-                 router: RouterFn | None = None, memory: MemoryFn | None = None):
+                 router: RouterFn | None = None, memory: MemoryFn | None = None,
+                 max_queued: int = 64, max_queued_bytes: int = 16 * 1024 * 1024):
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_count = 0
+        self._queued_bytes = 0
         self._opener = opener
         self._router = router
         self._memory = memory
@@ -113,12 +134,32 @@ class ChatScheduler:
     # --- called from the daemon's loop thread ---------------------------------------------------
 
     def submit(self, chat: Chat) -> Chat:
-        """Queue a chat; a known chat id (a retried request) returns the first one."""
+        """Queue a chat; a known chat id (a retried request) returns the first one.
+
+        Raises:
+            ChatQueueFullError: `max_queued` chats, or `max_queued_bytes` of them, wait already
+                (or this one alone is bigger than that).
+        """
+        size = chat.size_bytes
         with self._cond:
             if chat.chat_id in self._chats:
                 return self._chats[chat.chat_id]
+            if size > self.max_queued_bytes:
+                raise ChatQueueFullError(
+                    f"this chat's prompt and history ({size} bytes) are more than the daemon "
+                    f"queues ({self.max_queued_bytes} bytes)",
+                    hint="send a shorter history, or raise daemon.max_queued_chat_bytes")
+            if (self._queued_count >= self.max_queued
+                    or self._queued_bytes + size > self.max_queued_bytes):
+                raise ChatQueueFullError(
+                    f"the chat queue is full ({self._queued_count} chats, "
+                    f"{self._queued_bytes} bytes waiting; at most {self.max_queued} chats, "
+                    f"{self.max_queued_bytes} bytes)",
+                    hint="wait for chats to finish or cancel some, then send it again")
             self._chats[chat.chat_id] = chat
             self._queues.setdefault(chat.session, deque()).append(chat)
+            self._queued_count += 1
+            self._queued_bytes += size
             self._cond.notify()
         return chat
 
@@ -140,7 +181,7 @@ class ChatScheduler:
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            queued = sum(len(q) for q in self._queues.values())
+            queued = self._queued_count
             loaded = None
             if self._backend is not None:
                 loaded = str(getattr(self._backend, "model_file", self._loaded_name))
@@ -186,6 +227,8 @@ class ChatScheduler:
             session = min(self._queues, key=lambda s: self._served.get(s, -1))
             queue = self._queues[session]
             chat = queue.popleft()
+            self._queued_count -= 1
+            self._queued_bytes -= chat.size_bytes
             if not queue:
                 del self._queues[session]
             self._turn += 1

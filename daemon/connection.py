@@ -17,13 +17,14 @@ import ipaddress
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from engine.errors import HyperlexError
-from engine.paths import Dirs, dirs
+from engine.errors import ConfigError, HyperlexError
+from engine.paths import Dirs, dirs, private_runtime_dir
 
 CONNECTION_FILE = "hyperlexd.json"
 LOCK_FILE = "hyperlexd.lock"
@@ -93,6 +94,27 @@ def write_connection_file(info: ConnectionInfo, path: Path | None = None) -> Pat
     return path
 
 
+def check_runtime_file(path: Path) -> None:
+    """Refuse a file of the runtime dir that another user could have planted.
+
+    The connection file names the sockets and the key a client trusts; in the shared temp dir
+    fallback another user could create the directory first. Files elsewhere (a path a person
+    gave) are not checked.
+
+    Raises:
+        ConfigError: the runtime dir is not private, or the file is a symlink or not ours.
+        FileNotFoundError: there is no runtime dir or no such file.
+    """
+    runtime = dirs().runtime
+    if Path(path).parent != runtime:
+        return
+    private_runtime_dir(runtime, create=False)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(f"refusing {path}: it is a symbolic link or belongs to another user",
+                          hint="remove it; the daemon writes it again when it starts")
+
+
 def read_connection_file(path: Path | str | None = None) -> ConnectionInfo:
     """Read a connection file.
 
@@ -101,6 +123,7 @@ def read_connection_file(path: Path | str | None = None) -> ConnectionInfo:
     """
     path = Path(path) if path else connection_file_path()
     try:
+        check_runtime_file(path)
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise HyperlexError(f"no daemon connection file at {path}",

@@ -140,19 +140,81 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return job
 
 
-class JobStore:
-    """Jobs in SQLite with WAL. Used from the daemon's event loop thread only."""
+class CorruptJobStoreError(HyperlexError):
+    """The job database cannot be read (not SQLite, or damaged)."""
 
-    def __init__(self, path: Path, jobs_dir: Path):
+    title = "corrupt job database"
+
+
+class JobStore:
+    """Jobs in SQLite with WAL. Used from the daemon's event loop thread only.
+
+    Args:
+        path: the database file (created when missing).
+        jobs_dir: where job run dirs are made.
+        recover: when the database is corrupt, move it (and its -wal and -shm files) aside as
+            `<name>.corrupt-<time>` and start with an empty one; `moved_aside` then names the
+            copy, for the daemon to log.
+
+    Raises:
+        CorruptJobStoreError: the database is corrupt and `recover` is off; it names the file
+            and the way out.
+    """
+
+    def __init__(self, path: Path, jobs_dir: Path, recover: bool = False):
         self.path = path
         self.jobs_dir = jobs_dir
+        self.moved_aside: Path | None = None
         jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a job acknowledged to a client survives power loss, not only a killed daemon.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = self._open(path)
+        except sqlite3.OperationalError as exc:
+            # Locked, unreadable, disk full: the file may be fine, so it is never moved aside.
+            raise HyperlexError(f"cannot open the job database {path}: {exc}",
+                                hint="check the disk and the file's permissions") from None
+        except sqlite3.DatabaseError as exc:
+            if not recover:
+                raise CorruptJobStoreError(
+                    f"the job database {path} is corrupt ({exc})",
+                    hint="start with `hyperlexd --recover` (or `hyperlex daemon start "
+                         f"--recover`) to keep it aside as {path.name}.corrupt-<time> and "
+                         "begin with an empty job queue, or restore it from a backup") from None
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            n = 1
+            while aside.exists():  # a second recovery within the second keeps both copies
+                n += 1
+                aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
+            for suffix in ("", "-wal", "-shm"):
+                part = path.with_name(path.name + suffix)
+                if part.exists():
+                    part.replace(aside.with_name(aside.name + suffix))
+            self.moved_aside = aside
+            self.db = self._open(path)
+            # New ids start above the run dirs already there: a new job must never write into
+            # (or resume from) a run dir of a job the lost database knew.
+            taken = [int(p.name) for p in jobs_dir.iterdir() if p.name.isdigit()]
+            if taken:
+                self.db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('jobs', ?)",
+                                (max(taken),))
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a job acknowledged to a client survives power loss, not only a killed
+            # daemon.
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            # A file with a good header but damaged pages opens fine and fails later, mid-run.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.errors import HyperlexError
+
 _lock = threading.Lock()
 _embedders: dict[str, Any] = {}
 _embedder_locks: dict[str, threading.Lock] = {}
@@ -47,21 +49,47 @@ def embedder(spec: str) -> Any:
         return _embedders[spec]
 
 
+class UnknownMemoryError(HyperlexError):
+    """A request names a scene memory that was never built."""
+
+    title = "no such memory"
+
+
 def memory_dir(state: Path, name: str = "default") -> Path:
     """A named scene memory under the daemon's state dir (engine.memory's default place)."""
     return state / "memory" / name
 
 
+def require_memory(state: Path, name: str) -> Path:
+    """The dir of an existing named memory; `default` may be new (it is where scenes go first).
+
+    Raises:
+        UnknownMemoryError: any other name without a memory; nothing is created.
+    """
+    path = memory_dir(state, name)
+    if name != "default" and not path.is_dir():
+        raise UnknownMemoryError(
+            f"no memory named {name!r} (no {path})",
+            hint=f"build it with a memory-add job (params {{\"input\": \"scenes.jsonl\", "
+                 f"\"memory\": \"{path}\"}}) or `hyperlex memory add scenes.jsonl "
+                 f"--memory {path}`")
+    return path
+
+
 def open_memory(profile_name: str, state: Path, name: str = "default") -> Any:
     """A named scene memory for a chat's RAG, with its own embedder loaded only when needed.
 
-    Use it as a context manager; an empty or new memory searches to no hits with a hint.
+    Use it as a context manager; an empty or new default memory searches to no hits with a
+    hint.
+
+    Raises:
+        UnknownMemoryError: a name other than `default` with no memory (nothing is created).
     """
     from engine.memory import MemoryConfig, SceneMemory
     from engine.profiles import load_profile
 
+    path = require_memory(state, name)
     config = MemoryConfig.from_profile(load_profile(profile_name))
-    path = memory_dir(state, name)
     with SceneMemory.open(path, config=config, load_index=False) as peek:
         spec = peek.embedder_name
     return SceneMemory.open(path, config=config, embedder=_LazyEmbedder(spec))

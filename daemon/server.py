@@ -69,6 +69,10 @@ class DaemonSettings:
     heartbeat_s: float = 1.0
     # Events queued per subscriber before ZeroMQ drops; a drop is a gap the client resyncs.
     event_hwm: int = 200_000
+    # Chats waiting for the model, in count and in bytes of prompt and history; past either,
+    # a chat is answered "daemon busy" (daemon.chat_scheduler.ChatQueueFullError).
+    max_queued_chats: int = 64
+    max_queued_chat_bytes: int = 16 * 1024 * 1024
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -98,6 +102,8 @@ class ServerOptions:
 
     `chat_opener` (profile name -> (backend, profile)) and `job_runner` replace the engine's
     backend and the job subprocess: tests run the whole server in-process with fakes.
+    `recover` moves a corrupt job database aside and starts with an empty one (hyperlexd
+    --recover). `curve=False` on TCP needs `insecure_loopback_for_tests` and a loopback address.
     """
 
     profile: str = "default"
@@ -108,6 +114,8 @@ class ServerOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     chat_opener: Callable[[str], tuple[Any, Any]] | None = None
     job_runner: Runner | None = None
+    recover: bool = False
+    insecure_loopback_for_tests: bool = False
 
 
 class Server:
@@ -143,8 +151,13 @@ class Server:
         self.session = proto.Session(new_key().encode(), session_id=self.epoch)
         self.transport = Transport(self.dirs, self.options.bind, self.options.curve,
                                    self.session, self.settings.event_hwm)
+        self.transport.insecure_loopback_for_tests = self.options.insecure_loopback_for_tests
         request, events, server_key = self.transport.bind()
-        self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs")
+        self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs",
+                              recover=self.options.recover)
+        if self.store.moved_aside:
+            log.warning("the job database %s was corrupt: moved it aside to %s and started "
+                        "with an empty job queue", self.store.path, self.store.moved_aside)
         self.scheduler = JobScheduler(
             self.store, self.publish, self.inbox.post, heavy_jobs=self.settings.heavy_jobs,
             light_jobs=self.settings.light_jobs, cancel_grace_s=self.settings.cancel_grace_s,
@@ -152,6 +165,8 @@ class Server:
         self.scheduler.recover(self.settings.resume_interrupted)
         self.chats = ChatScheduler(self.publish_threadsafe, self.profile,
                                    keep_alive_s=self.settings.keep_alive_s,
+                                   max_queued=self.settings.max_queued_chats,
+                                   max_queued_bytes=self.settings.max_queued_chat_bytes,
                                    opener=self.options.chat_opener or open_profile_backend,
                                    router=loaded.router,
                                    memory=lambda profile, name:

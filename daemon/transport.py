@@ -48,11 +48,16 @@ class Transport:
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
 
+    # Set by the server before bind: plain TCP is allowed only with this and only on loopback,
+    # since any local user could then connect and read every event.
+    insecure_loopback_for_tests = False
+
     def bind(self) -> tuple[str, str, str | None]:
         """Bind both sockets: (request endpoint, events endpoint, CURVE server key or None).
 
         Raises:
-            ConfigError: not tcp://, or a TCP bind without CURVE on a non-loopback address.
+            ConfigError: not tcp://, or a TCP bind without CURVE on a non-loopback address or
+                without `insecure_loopback_for_tests`.
         """
         bind = self.bind_spec
         if not bind:
@@ -70,6 +75,11 @@ class Transport:
         if not self.curve and not is_loopback_tcp(bind):
             raise ConfigError(f"refusing to bind {bind} without CURVE: it is not a loopback "
                               "address", hint="drop --no-curve, or bind 127.0.0.1")
+        if not self.curve and not self.insecure_loopback_for_tests:
+            raise ConfigError(f"refusing to bind {bind} without CURVE: any local user could "
+                              "connect and read every event",
+                              hint="drop --no-curve; tests that need plain TCP on loopback add "
+                                   "--insecure-loopback-for-tests")
         host, port = bind[len("tcp://"):].rsplit(":", 1)
         request, events = f"tcp://{host}:{port}", f"tcp://{host}:{int(port) + 1}"
         server_key = self._setup_curve() if self.curve else None

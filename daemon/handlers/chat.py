@@ -33,10 +33,12 @@ def chat(server: Server, req: api.ChatRequest, msg: proto.Message) -> api.ChatRe
         options["route"] = True
     elif req.adapter and req.adapter != "base":
         options["adapter"] = resolve_adapter(server, req.adapter)
+    # Submitted first: a chat refused as "daemon busy" must not be remembered, or its retry
+    # would be answered as if it had been queued.
+    started = server.chats.submit(Chat(chat_id, msg.header["session"], messages, options))
     server.recent_chats[chat_id] = msg.header["session"]
     while len(server.recent_chats) > RECENT_CHATS:
         server.recent_chats.popitem(last=False)
-    started = server.chats.submit(Chat(chat_id, msg.header["session"], messages, options))
     return api.ChatReply(chat_id=started.chat_id, topic=started.topic, created=True)
 
 

@@ -1,4 +1,8 @@
-"""Scene memory and A/B rating requests (worker threads): they write under the state dir."""
+"""Scene memory and A/B rating requests (worker threads): they write under the state dir.
+
+A search never creates a memory: an unknown name is an error naming it and how to build one,
+and the default memory, before anything was added, is an empty result with a hint.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,17 @@ def memory_search(profile_name: str, state: Path, query: str, k: int = 5,
     Returns:
         `{"hits": [{"scene_id", "score", "scene"}], "hint": str|None, "memory": path,
         "scenes": count}`; an empty memory gives no hits and a hint.
+
+    Raises:
+        daemon.loaded.UnknownMemoryError: no memory of that name exists (nothing is created).
     """
     path = loaded.memory_dir(state, memory)
+    if not path.is_dir():
+        if memory == "default":  # the one every front end searches before adding anything
+            from engine.memory.scene_memory import EMPTY_HINT
+
+            return {"hits": [], "hint": EMPTY_HINT, "memory": str(path), "scenes": 0}
+        loaded.require_memory(state, memory)
     # The memory's own embedder (fixed by its first write) may differ from the profile's.
     with loaded.open_memory(profile_name, state, memory) as scene_memory:
         result = scene_memory.search(query, k, {f: v for f, v in (filters or {}).items() if v})

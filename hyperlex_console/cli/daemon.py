@@ -31,17 +31,23 @@ def group() -> None:
               help="Profile the daemon starts with.")
 @click.option("--bind", metavar="tcp://HOST:PORT", help="Listen on TCP with CURVE (default: ipc).")
 @click.option("--foreground", is_flag=True, help="Stay attached and log to the terminal.")
+@click.option("--recover", is_flag=True,
+              help="Move a corrupt job database aside and start with an empty job queue.")
 @handles_errors
-def start_command(profile_name: str, bind: str | None, foreground: bool) -> None:
+def start_command(profile_name: str, bind: str | None, foreground: bool, recover: bool) -> None:
     """Start hyperlexd in the background (or in the foreground)."""
+    # As the systemd unit's UMask=0077: the daemon's files are the user's alone, from the
+    # first directory it makes.
+    os.umask(0o077)
     holder = _lock_holder()
     if holder:
         raise AlreadyRunningError(f"hyperlexd is already running (pid {holder})",
                                   hint="`hyperlex daemon status` shows it")
     if foreground:
-        serve(profile_name, bind)
+        serve(profile_name, bind, recover=recover)
         return
-    pid = spawn_detached(["--profile", profile_name] + (["--bind", bind] if bind else []))
+    pid = spawn_detached(["--profile", profile_name] + (["--bind", bind] if bind else [])
+                         + (["--recover"] if recover else []))
     stdout.print(f"hyperlexd started (pid {pid}); logs: {log_file_path()}")
 
 
