@@ -462,7 +462,8 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("sync_probe", SyncProbeRequest, NoReply, "daemon.sync_probe",
          "publish one event on `sync.<token>`: a subscription is live", idempotent=True),
     Verb("event_burst", EventBurstRequest, EventBurstReply, "daemon.event_burst",
-         "publish `count` events on `bench.<name>` (benchmarks, tests)"),
+         "publish `count` events on `bench.<name>`; a test hook, refused unless the daemon runs "
+         "with `HYPERLEX_DAEMON_TEST_HOOKS=1`"),
     Verb("shutdown", Empty, ShutdownReply, "daemon.shutdown",
          "stop gracefully: running jobs checkpoint first"),
 )}
