@@ -65,9 +65,21 @@ class Dispatcher:
 
     def reply(self, routing: list[bytes], parent: dict[str, Any], content: dict[str, Any],
               outcome: str) -> None:
-        """Count and send one reply (loop thread)."""
+        """Count and send one reply (loop thread). A reply that cannot be encoded (a handler
+        returned something JSON cannot carry) becomes an InternalError reply: never none."""
+        try:
+            self.send_reply(routing, parent, content)
+        except Exception as exc:
+            log.error("reply to %s could not be sent: %s: %s", str(parent.get("msg_type"))[:80],
+                      type(exc).__name__, str(exc)[:200])
+            outcome = "InternalError"
+            error = proto.error_content("InternalError", f"the reply could not be encoded: "
+                                        f"{type(exc).__name__}")
+            try:
+                self.send_reply(routing, parent, error)
+            except Exception:
+                self.send_reply(routing, {}, error)  # the parent header itself was the problem
         self.count(outcome)
-        self.send_reply(routing, parent, content)
 
     def handle_frames(self, frames: list[bytes]) -> None:
         """Answer one request's frames (loop thread). Never raises."""

@@ -131,6 +131,23 @@ def test_handle_frames_survives_any_exception_from_one_message():
     dispatcher.close()
 
 
+def test_a_reply_that_cannot_be_encoded_becomes_an_internal_error_reply():
+    session = proto.Session(b"k" * 32)
+    sent: list[list[bytes]] = []
+
+    def send_reply(routing, parent, content):
+        frames = session.serialize(session.header("x_reply"), content, parent, routing=routing)
+        sent.append(frames)
+
+    dispatcher = Dispatcher(None, session, send_reply, lambda item: None, lambda: False)
+    dispatcher.reply([b"peer"], {"msg_type": "status_request"}, {"status": "ok", "x": {1j}},
+                     "ok")  # before: the TypeError escaped and the client got no reply
+    assert len(sent) == 1
+    assert session.deserialize(sent[0]).content["error"]["type"] == "InternalError"
+    assert dispatcher.counters == {"InternalError": 1}
+    dispatcher.close()
+
+
 # --- frames (item 6) -------------------------------------------------------------------------
 
 def test_a_thousand_frame_message_is_refused_and_not_kept(daemon):
