@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -304,3 +305,23 @@ def test_a_stalled_subscriber_cannot_grow_the_daemon(start_daemon):
             assert client.status()["pid"] == daemon.pid
     finally:
         ctx.destroy(linger=0)
+
+
+# --- replay (item 8) ------------------------------------------------------------------------
+
+def test_an_old_ab_rating_is_not_accepted_again_after_thousands_of_sessions(daemon):
+    raw = Raw(daemon)
+    try:
+        _, rating = raw.session.request("ab_rating_request", {
+            "prompt": "p", "answers": ["a", "b"], "rating": "a"})
+        first = raw.send(rating)
+        assert first["status"] == "ok" and first["count"] == 1
+        for _ in range(4200):  # before: SeqGuard forgot the oldest of 4096 sessions
+            other = proto.Session(raw.info.key_bytes)
+            raw.sock.send_multipart(other.request("hello_request", {})[1])
+            assert raw.sock.poll(10_000)
+            raw.sock.recv_multipart()
+        assert _error(raw.send(rating))[0] == "Replay"
+        assert len(Path(first["path"]).read_text().splitlines()) == 1
+    finally:
+        raw.close()
