@@ -220,6 +220,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hlx-bench-") as home:
         os.environ["HYPERLEX_HOME"] = home
+        os.environ["HYPERLEX_DAEMON_TEST_HOOKS"] = "1"  # event_burst is a test hook
         if args.threads:
             derived = Path(home) / "bench.toml"
             derived.write_text(f'name = "bench"\nextends = "{args.profile}"\n'

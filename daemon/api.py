@@ -7,8 +7,10 @@ from this table (`python -m daemon.api --markdown` rewrites it, and a test fails
 stale).
 
 A request's content is validated into its dataclass by `parse`: a missing required field or a
-field of the wrong type is a `BadRequest` naming the field; fields the dataclass does not know
-are ignored (older and newer clients may send more). A handler returns its reply dataclass and
+field of the wrong type is a `BadRequest` naming the field, and so is, anywhere inside a field, a
+string with a NUL byte or a lone surrogate (neither survives a command line, a path or UTF-8) or
+an integer outside the signed 64-bit range (SQLite's); fields the dataclass does not know are
+ignored (older and newer clients may send more). A handler returns its reply dataclass and
 `Reply.content()` is the one shape that goes on the wire.
 
 Handlers are named, not imported ("jobs.submit" is `daemon.handlers.jobs.submit`), so the client
@@ -34,6 +36,9 @@ from engine.errors import HyperlexError
 
 # Job params, memory names and the like: they become command-line flags and directory names.
 PARAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Characters no field may hold: NUL ends C strings and paths; a lone surrogate has no UTF-8.
+_UNSAFE_CHARS = re.compile("[\x00\ud800-\udfff]")
+INT_MIN, INT_MAX = -2**63, 2**63 - 1
 
 
 class BadRequest(HyperlexError):
@@ -457,7 +462,8 @@ VERBS: dict[str, Verb] = {verb.name: verb for verb in (
     Verb("sync_probe", SyncProbeRequest, NoReply, "daemon.sync_probe",
          "publish one event on `sync.<token>`: a subscription is live", idempotent=True),
     Verb("event_burst", EventBurstRequest, EventBurstReply, "daemon.event_burst",
-         "publish `count` events on `bench.<name>` (benchmarks, tests)"),
+         "publish `count` events on `bench.<name>`; a test hook, refused unless the daemon runs "
+         "with `HYPERLEX_DAEMON_TEST_HOOKS=1`"),
     Verb("shutdown", Empty, ShutdownReply, "daemon.shutdown",
          "stop gracefully: running jobs checkpoint first"),
 )}
@@ -498,6 +504,38 @@ def _schema(cls: type) -> tuple[tuple[dataclasses.Field, tuple[type, ...] | None
     return tuple((f, *_field_kinds(hints[f.name])) for f in dataclasses.fields(cls))
 
 
+def _check_values(name: str, value: Any) -> None:
+    """BadRequest naming the place in field `name` of an unsafe string or an oversized int.
+
+    Iterative: the protocol already bounds nesting, and a walk must not recurse anyway.
+    """
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _UNSAFE_CHARS.search(item):
+                raise BadRequest(f"field '{where}' holds a NUL byte or a lone surrogate",
+                                 hint="send text as valid UTF-8 without NUL characters")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not INT_MIN <= item <= INT_MAX:
+                raise BadRequest(f"field '{where}' is outside the signed 64-bit range",
+                                 hint=f"integers go from {INT_MIN} to {INT_MAX}")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                label = f"{where}.{_safe_label(key)}"
+                if _UNSAFE_CHARS.search(key):
+                    raise BadRequest(f"a key in field '{where}' holds a NUL byte or a lone "
+                                     "surrogate", hint="send valid UTF-8 without NUL characters")
+                stack.append((label, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+
+
+def _safe_label(key: str) -> str:
+    """A dict key as it may appear in an error message (short, and encodable)."""
+    return _UNSAFE_CHARS.sub("?", key[:40])
+
+
 def parse(request: type[Request], content: dict[str, Any]) -> Request:
     """`content` as a `request`, or BadRequest naming the field that is missing or wrong."""
     values: dict[str, Any] = {}
@@ -510,6 +548,7 @@ def parse(request: type[Request], content: dict[str, Any]) -> Request:
         if kinds is not None and not _accepts(value, kinds):
             raise BadRequest(f"field '{f.name}' must be {_kind_name(kinds)}, "
                              f"got {type(value).__name__}")
+        _check_values(f.name, value)
         values[f.name] = value
     parsed = request(**values)
     parsed.check()

@@ -7,7 +7,9 @@ A message is a list of ZeroMQ frames:
 `header` is `{msg_id, msg_type, session, seq, date, version}` (events add `topic`), and every
 frame is JSON. The signature is HMAC-SHA256 over the length-prefixed frames that follow it (and,
 for events, the topic frame before it), keyed from the connection file. Each sending session
-numbers its messages with a monotonic `seq`; a receiver rejects a `seq` it has seen (a replay).
+numbers its messages with a monotonic `seq`; a receiver rejects a `seq` it has seen (a replay)
+and a `date` outside its window (`DATE_WINDOW_S`), so a session it has forgotten cannot replay.
+Frames nest at most `MAX_DEPTH` deep: deeper JSON is refused as BadJSON before anything walks it.
 
 Nothing else in hyperlex touches frames. This module knows nothing of sockets, jobs or models.
 """
@@ -18,6 +20,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,6 +36,18 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 # Routing frames + delimiter + signature + three JSON frames, with room for a few router hops.
 MAX_FRAMES = 12
 HEADER_KEYS = ("msg_id", "msg_type", "session", "seq", "date", "version")
+# Arrays and objects nest at most this deep in any frame: real requests nest 3 or 4 levels, and
+# a bound far below the interpreter's recursion limit lets every later walk (validation, the
+# reply's echo of the header) recurse safely.
+MAX_DEPTH = 64
+# A request's `date` may differ from the receiver's clock by at most this much. It bounds how
+# long the replay guard must remember a session: a message older than the window is refused by
+# its date. Five minutes tolerates ordinary clock skew between two machines kept by NTP.
+DATE_WINDOW_S = 300.0
+# Sessions seen within the window that the guard keeps: past this, new sessions are refused
+# (Busy) rather than forgetting a live one (forgetting is what let a replay through). Each costs
+# about 200 bytes: 100,000 is 20 MB, far more sessions than ten minutes of CLI calls start.
+MAX_LIVE_SESSIONS = 100_000
 
 
 class ProtocolError(Exception):
@@ -74,7 +89,31 @@ def new_id() -> str:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (an error reply echoing a client's header, say) has no UTF-8 form;
+        # ASCII JSON escapes it as \udXXX, which every JSON reader takes back.
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects in `value` nest deeper than `limit` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
 
 
 def _loads_object(frame: bytes, name: str, header: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,8 +121,14 @@ def _loads_object(frame: bytes, name: str, header: dict[str, Any] | None = None)
         value = json.loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("BadJSON", f"{name} frame is not JSON: {exc}", header) from None
+    except RecursionError:  # the C decoder recurses per nesting level
+        raise ProtocolError("BadJSON", f"{name} frame nests deeper than {MAX_DEPTH}",
+                            header) from None
     if not isinstance(value, dict):
         raise ProtocolError("BadJSON", f"{name} frame must be a JSON object", header)
+    if depth_exceeds(value):
+        raise ProtocolError("BadJSON", f"{name} frame nests deeper than {MAX_DEPTH}",
+                            header if name != "header" else None)
     return value
 
 
@@ -92,25 +137,68 @@ def major(version: str) -> str:
     return str(version).split(".", 1)[0]
 
 
-class SeqGuard:
-    """Remembers the last `seq` of each sending session and rejects anything not newer.
+def parse_date(value: Any) -> float | None:
+    """A header's ISO 8601 `date` as a POSIX time, or None when it is not one with a zone."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
-    Bounded: the least recently seen sessions are forgotten past `max_sessions`.
+
+class SeqGuard:
+    """Refuses replays: a `seq` not after a session's last, or a `date` outside the window.
+
+    A session is remembered for twice the window after its last message: any message of it then
+    carries a date older than the window (it was at most `window_s` in the future when
+    accepted), so forgetting it cannot let a replay through. Live sessions are never evicted:
+    past `max_sessions` a new one is refused as Busy.
+
+    Args:
+        max_sessions: live sessions kept before new ones are refused.
+        window_s: how far a message's date may be from this clock, either way.
+        clock: wall-clock time (tests move it).
     """
 
-    def __init__(self, max_sessions: int = 4096):
-        self._last: OrderedDict[str, int] = OrderedDict()
+    def __init__(self, max_sessions: int = MAX_LIVE_SESSIONS, window_s: float = DATE_WINDOW_S,
+                 clock: Any = None):
+        self._last: OrderedDict[str, tuple[int, float]] = OrderedDict()  # oldest seen first
         self._max = max_sessions
+        self.window_s = window_s
+        self._clock = clock or time.time
 
-    def check(self, session: str, seq: int) -> None:
-        """Accept `seq` for `session` or raise ProtocolError("Replay")."""
+    def check(self, session: str, seq: int, date: Any) -> None:
+        """Accept message `seq` of `session` dated `date`, or raise ProtocolError (Replay,
+        BadHeader for an unreadable date, ClockSkew outside the window, Busy when full)."""
+        now = self._clock()
+        sent = parse_date(date)
+        if sent is None:
+            raise ProtocolError("BadHeader", "date must be an ISO 8601 time with a zone")
+        if abs(now - sent) > self.window_s:
+            raise ProtocolError(
+                "ClockSkew", f"message dated {date[:40]} is {now - sent:+.0f} s from this "
+                f"daemon's clock; at most {self.window_s:.0f} s either way is accepted (a "
+                "replayed message, or the clocks of the two machines differ: set them by NTP)")
         last = self._last.get(session)
-        if last is not None and seq <= last:
-            raise ProtocolError("Replay", f"seq {seq} of session {session[:8]} is not after {last}")
-        self._last[session] = seq
+        if last is not None and seq <= last[0]:
+            raise ProtocolError("Replay", f"seq {seq} of session {session[:8]} is not after "
+                                f"{last[0]}")
+        forget_before = now - 2 * self.window_s
+        while self._last:
+            oldest = next(iter(self._last))
+            if self._last[oldest][1] >= forget_before:
+                break
+            del self._last[oldest]
+        if last is None and len(self._last) >= self._max:
+            raise ProtocolError("Busy", f"{len(self._last)} client sessions are live; try "
+                                "again in a few minutes")
+        self._last[session] = (seq, now)
         self._last.move_to_end(session)
-        while len(self._last) > self._max:
-            self._last.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._last)
 
 
 class Session:
@@ -172,8 +260,8 @@ class Session:
             frames: all frames received, routing frames included.
             topic_frame: the frame before the delimiter is a signed event topic.
         """
-        if len(frames) > MAX_FRAMES:
-            raise ProtocolError("BadFrames", f"{len(frames)} frames, at most {MAX_FRAMES}")
+        if len(frames) > MAX_FRAMES:  # the transport keeps at most MAX_FRAMES + 1 of them
+            raise ProtocolError("BadFrames", f"more than {MAX_FRAMES} frames")
         try:
             cut = frames.index(DELIMITER)
         except ValueError:

@@ -68,11 +68,32 @@ class DaemonSettings:
     cancel_grace_s: float = 10.0
     heartbeat_s: float = 1.0
     # Events queued per subscriber before ZeroMQ drops; a drop is a gap the client resyncs.
+    # At most event_buffer_bytes // event_max_bytes (4096 with the defaults) take effect.
     event_hwm: int = 200_000
     # Chats waiting for the model, in count and in bytes of prompt and history; past either,
     # a chat is answered "daemon busy" (daemon.chat_scheduler.ChatQueueFullError).
     max_queued_chats: int = 64
     max_queued_chat_bytes: int = 16 * 1024 * 1024
+    # What one subscriber that stops reading may hold in the daemon before it loses events:
+    # 256 MiB, so a stalled console costs memory a workstation has, never gigabytes.
+    event_buffer_bytes: int = 256 * 1024 * 1024
+    # The largest event sent on the PUB socket (frames included); a larger one stays in the
+    # history and subscribers fetch it by snapshot. 64 KiB holds any token, progress or
+    # status event and a batch of hundreds of log lines.
+    event_max_bytes: int = 64 * 1024
+    # Event history kept for snapshots, in all and per topic: 128 MiB holds minutes of the
+    # busiest job's log; 16 MiB per topic keeps one chatty job from pushing out all others.
+    history_bytes: int = 128 * 1024 * 1024
+    history_topic_bytes: int = 16 * 1024 * 1024
+    # Slow requests queued or running on worker threads before more are answered Busy: 64 is
+    # 16 per worker, far more than the console and a few CLI calls send at once.
+    max_pending_requests: int = 64
+    # What job output waiting for the loop may hold before job readers wait (the job then
+    # blocks on its own pipe): 64 MiB is seconds of the chattiest job's output.
+    inbox_bytes: int = 64 * 1024 * 1024
+    # Test and benchmark hooks (event_burst): off, so an ordinary client cannot flood the loop;
+    # tests and bench/daemon.py start their daemon with HYPERLEX_DAEMON_TEST_HOOKS=1.
+    test_hooks: bool = False
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -129,8 +150,9 @@ class Server:
         self.epoch = proto.new_id()
         self.started_at = time.time()
         self.stopping = False
-        self.history = EventHistory()
-        self.inbox = Inbox()
+        self.history = EventHistory(max_bytes=self.settings.history_bytes,
+                                    per_topic_bytes=self.settings.history_topic_bytes)
+        self.inbox = Inbox(max_bytes=self.settings.inbox_bytes)
         # chat id -> session, for retried chat requests (loop thread only).
         self.recent_chats: OrderedDict[str, str] = OrderedDict()
         self._next_heartbeat = 0.0
@@ -150,7 +172,9 @@ class Server:
             log.warning("recovered a stale lock left by pid %s", self.lock.recovered_from)
         self.session = proto.Session(new_key().encode(), session_id=self.epoch)
         self.transport = Transport(self.dirs, self.options.bind, self.options.curve,
-                                   self.session, self.settings.event_hwm)
+                                   self.session, self.settings.event_hwm,
+                                   event_buffer_bytes=self.settings.event_buffer_bytes,
+                                   event_max_bytes=self.settings.event_max_bytes)
         self.transport.insecure_loopback_for_tests = self.options.insecure_loopback_for_tests
         request, events, server_key = self.transport.bind()
         self.store = JobStore(self.dirs.state / "jobs.sqlite3", self.dirs.state / "jobs",
@@ -172,7 +196,8 @@ class Server:
                                    memory=lambda profile, name:
                                    loaded.open_memory(profile, self.dirs.state, name))
         self.dispatcher = Dispatcher(self, self.session, self.transport.send_reply,
-                                     self.inbox.post, lambda: self.stopping)
+                                     self.inbox.post, lambda: self.stopping,
+                                     max_pending=self.settings.max_pending_requests)
         self.info = ConnectionInfo(request=request, events=events, key=self.session.key.decode(),
                                    pid=os.getpid(), curve_server_key=server_key)
         self.connection_file = write_connection_file(self.info,
@@ -282,7 +307,7 @@ class Server:
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         """Number, keep and send an event. Loop thread only."""
         event = self.history.record(topic, data)
-        self.transport.send_event(topic, event.seq, data)
+        self.history.account(event, self.transport.send_event(topic, event.seq, data))
 
     def publish_threadsafe(self, topic: str, data: dict[str, Any]) -> None:
         self.inbox.post(("publish", topic, data))

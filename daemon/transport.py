@@ -4,6 +4,15 @@ CURVE and a ZAP authenticator on TCP), signing everything it sends with one sess
 Every method is called from the daemon's loop thread only: ZeroMQ sockets are not shared
 between threads. This module knows the wire protocol and the connection files; nothing of
 requests, jobs or models.
+
+Memory is bounded in bytes on both sockets. Requests: a message is read frame by frame and
+frames past `MAX_FRAMES` are discarded as they arrive, and each peer's queue holds at most
+`REQUEST_HWM` messages (ZeroMQ then stops reading that peer), so what waits for the loop per
+peer is `REQUEST_HWM` x `MAX_FRAMES` x `MAX_FRAME_BYTES`. Events: ZeroMQ counts messages, not
+bytes, so an event whose frames exceed `event_max_bytes` is not sent (subscribers see a gap and
+fetch it from the history with a snapshot) and the PUB high-water mark is
+`event_buffer_bytes // event_max_bytes`: a subscriber that stops reading holds at most
+`event_buffer_bytes` in the daemon, then loses events (a gap it resyncs) instead.
 """
 
 from __future__ import annotations
@@ -19,6 +28,11 @@ from daemon.connection import allowed_keys_dir, ensure_keypair, is_loopback_tcp,
 from engine.errors import ConfigError
 from engine.paths import Dirs
 
+# Requests queued per peer before ZeroMQ stops reading it (backpressure, nothing is dropped).
+# A client waits for its replies, so 64 is far more than one ever has in flight; with
+# MAX_FRAMES x MAX_FRAME_BYTES it bounds a peer's backlog at 64 x 12 x 4 MiB.
+REQUEST_HWM = 64
+
 
 class Transport:
     """Binds, sends replies and events, closes.
@@ -28,11 +42,15 @@ class Transport:
         bind: tcp://HOST:PORT, or None for ipc sockets in the runtime dir.
         curve: encrypt and authenticate TCP with CURVE (refused off for non-loopback).
         session: signs what is sent; its session id is the daemon's epoch.
-        event_hwm: events queued per subscriber before ZeroMQ drops (a gap clients resync).
+        event_hwm: events queued per subscriber before ZeroMQ drops (a gap clients resync), at
+            most `event_buffer_bytes // event_max_bytes`.
+        event_buffer_bytes: what one subscriber that stops reading may hold in the daemon.
+        event_max_bytes: the largest event sent on the PUB socket.
     """
 
     def __init__(self, dirs: Dirs, bind: str | None, curve: bool, session: proto.Session,
-                 event_hwm: int):
+                 event_hwm: int, event_buffer_bytes: int = 256 * 1024 * 1024,
+                 event_max_bytes: int = 64 * 1024):
         self.dirs = dirs
         self.bind_spec = bind
         self.curve = curve
@@ -44,9 +62,12 @@ class Transport:
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES)
-        self.pub.setsockopt(zmq.SNDHWM, event_hwm)
+        self.event_max_bytes = event_max_bytes
+        self.event_hwm = max(1, min(event_hwm, event_buffer_bytes // max(1, event_max_bytes)))
+        self.events_oversize = 0  # events kept in the history but not sent (too large)
+        self.pub.setsockopt(zmq.SNDHWM, self.event_hwm)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
-        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
 
     # Set by the server before bind: plain TCP is allowed only with this and only on loopback,
     # since any local user could then connect and read every event.
@@ -108,11 +129,22 @@ class Transport:
         return public.decode()
 
     def recv(self) -> list[bytes] | None:
-        """One waiting request's frames, or None when none waits."""
+        """One waiting request's frames, or None when none waits.
+
+        Read frame by frame: past `MAX_FRAMES + 1` frames the rest are received and discarded
+        without a copy (the protocol then refuses the message as BadFrames), so a message of
+        a thousand frames costs no more memory here than one of thirteen.
+        """
         try:
-            return self.router.recv_multipart(zmq.NOBLOCK)
+            frame = self.router.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        frames = [frame.bytes]
+        while frame.more:  # the rest of a message has arrived with its first frame
+            frame = self.router.recv(copy=False)
+            if len(frames) <= proto.MAX_FRAMES:
+                frames.append(frame.bytes)
+        return frames
 
     def send_reply(self, routing: list[bytes], parent: dict[str, Any],
                    content: dict[str, Any]) -> None:
@@ -124,14 +156,20 @@ class Transport:
         except zmq.ZMQError:
             pass  # the client is gone or not keeping up; it will retry
 
-    def send_event(self, topic: str, seq: int, data: dict[str, Any]) -> None:
+    def send_event(self, topic: str, seq: int, data: dict[str, Any]) -> int:
+        """Publish one event; returns its size in bytes (what the history accounts)."""
         # An event is named by its topic and seq: no random id needed.
         header = self.session.header("event", msg_id=f"{topic}#{seq}", seq=seq, topic=topic)
         frames = self.session.serialize(header, data, topic=topic.encode())
+        size = sum(len(frame) for frame in frames)
+        if size > self.event_max_bytes:
+            self.events_oversize += 1
+            return size  # kept in the history: the gap makes subscribers fetch it by snapshot
         try:
             self.pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             pass  # over the high-water mark: subscribers see the gap and resync
+        return size
 
     def close(self) -> None:
         if self.auth is not None:

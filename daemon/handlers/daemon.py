@@ -51,7 +51,14 @@ def sync_probe(server: Server, req: api.SyncProbeRequest, msg: proto.Message) ->
 
 def event_burst(server: Server, req: api.EventBurstRequest,
                 msg: proto.Message) -> api.EventBurstReply:
-    """Publish `count` events on `bench.<name>`: measures and tests event delivery."""
+    """Publish `count` events on `bench.<name>`: measures and tests event delivery.
+
+    A test hook: refused unless the daemon was started with `test_hooks` (a burst blocks the
+    loop for as long as it lasts).
+    """
+    if not server.settings.test_hooks:
+        raise api.BadRequest("event_burst is a test hook, off in this daemon",
+                             hint="start the daemon with HYPERLEX_DAEMON_TEST_HOOKS=1 to use it")
     name = req.name if req.name is not None else proto.new_id()[:8]
     topic, pad = f"bench.{name}", "x" * req.size
     for i in range(req.count):

@@ -12,6 +12,8 @@ import pytest
 from daemon.client import AsyncClient, Client
 from daemon.connection import read_connection_file
 
+TEST_HOOKS = {"HYPERLEX_DAEMON_TEST_HOOKS": "1"}  # event_burst is a test hook
+
 
 def _drain(stream, count, timeout=30.0):
     events = []
@@ -24,7 +26,7 @@ def _drain(stream, count, timeout=30.0):
 
 
 def test_dropped_events_are_detected_as_a_gap_and_recovered(start_daemon):
-    daemon = start_daemon(env={"HYPERLEX_DAEMON_EVENT_HWM": "200"})
+    daemon = start_daemon(env={"HYPERLEX_DAEMON_EVENT_HWM": "200", **TEST_HOOKS})
     count = 5000
     with daemon.client(timeout=60.0) as client, client.events("bench.gap", rcvhwm=50) as stream:
         client.event_burst(count, size=64, name="gap")
@@ -120,8 +122,8 @@ def test_async_subscribing_while_a_job_streams_fast_always_confirms(daemon):
     asyncio.run(scenario())
 
 
-def test_a_stream_without_replay_starts_at_the_next_event(daemon):
-    with daemon.client() as client:
+def test_a_stream_without_replay_starts_at_the_next_event(start_daemon):
+    with start_daemon(env=TEST_HOOKS).client() as client:
         client.event_burst(5, name="replay")
         with client.events("bench.replay", replay=False) as fresh, \
                 client.events("bench.replay") as replayed:

@@ -3,10 +3,16 @@
 Each message is sent on a real DEALER socket and its outcome is counted: a reply with `ok`, an
 error reply of a given type, or (for oversize frames only) a dropped connection. Every message
 that fits the size limit must get a reply, and the daemon must answer `status` at the end.
+
+A second run sends what random content rarely reaches: nesting up to 10^5 deep (content, header
+and parent header), NUL bytes and lone surrogates in every string field of every verb, integers
+at 2**63 and beyond in every integer field, and thousand-frame messages; it counts the outcomes,
+checks `status` after each batch and that every message got exactly one reply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -165,3 +171,122 @@ def test_fuzz_ten_thousand_messages(daemon):
     assert status["status"] == "ok" and status["pid"] == daemon.pid
     assert daemon.proc.poll() is None
     ctx.destroy(linger=0)
+
+
+# --- hostile values: depth, NUL and lone surrogates, 64-bit overflow, a thousand frames -------
+
+HOSTILE_STRINGS = ["a\x00b", "\x00", "\ud800", "x\udfffy"]
+HOSTILE_INTS = [2**63, 2**63 + 1, 2**64, -2**63 - 1, 10**100]
+DEPTHS = [10, 63, 64, 65, 100, 1000, 10**4, 10**5]
+# Verbs that do nothing but answer when their content is valid (for unknown deep fields).
+HARMLESS = ["hello", "status", "profile_list", "job_list", "snapshot"]
+
+
+def _filler(kinds) -> object:
+    """A plausible value of a field's type, so parse reaches the hostile field."""
+    kinds = kinds or (str,)
+    for kind, value in ((str, "x"), (int, 1), (float, 0.5), (list, []), (dict, {}),
+                        (bool, False)):
+        if kind in kinds:
+            return value
+    return "x"
+
+
+def _hostile_contents():
+    """(verb, field, content) with exactly one hostile value, for every field of every verb."""
+    from daemon import api
+
+    for name, verb in api.VERBS.items():
+        schema = api._schema(verb.request)
+        for target, kinds, _ in schema:
+            base = {f.name: _filler(k) for f, k, _ in schema
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+            accepts = kinds or (str, int, list, dict)
+            values: list = []
+            if str in accepts:
+                values += HOSTILE_STRINGS
+            if int in accepts or float in accepts:
+                values += HOSTILE_INTS
+            if list in accepts:
+                values += [[s] for s in HOSTILE_STRINGS[:2]] + [[2**63]]
+            if dict in accepts:
+                values += [{"k": s} for s in HOSTILE_STRINGS[:2]] + [{"k": 2**64},
+                                                                     {"a\x00": 1}]
+            for value in values:
+                yield name, target.name, dict(base, **{target.name: value})
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_fuzz_hostile_values_and_shapes(daemon):
+    info = read_connection_file()
+    session = proto.Session(info.key_bytes)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(info.request)
+    outcomes: Counter[str] = Counter()
+    sent = 0
+
+    def send(frames: list[bytes], expect: str | None, batch: str) -> None:
+        nonlocal sent
+        outcome = _send_and_classify(sock, frames, session)  # exactly one reply each
+        sent += 1
+        outcomes[f"{batch} {outcome}"] += 1
+        if expect is not None:
+            assert outcome == expect, (batch, frames[4][:200] if len(frames) > 4 else frames)
+
+    def still_serving() -> None:
+        assert _send_and_classify(sock, session.request("status_request", {})[1],
+                                  session) == "ok"
+        assert daemon.proc.poll() is None
+
+    # NUL, lone surrogates and 64-bit overflow in every field of every verb: BadRequest.
+    for verb, _, content in _hostile_contents():
+        send(session.request(f"{verb}_request", content)[1], "error:BadRequest", "values")
+    still_serving()
+
+    # Nesting up to 10^5, in the content, the header and the parent header.
+    for depth in DEPTHS:
+        for verb in HARMLESS:
+            _, frames = session.request(f"{verb}_request", {})
+            content = b'{"deep":' + _nested(depth) + b"}"  # the frame nests depth + 1
+            body = [frames[2], frames[3], content]
+            send([proto.DELIMITER, session.sign(body), *body],
+                 "error:BadJSON" if depth + 1 > proto.MAX_DEPTH else None, "depth")
+        header = session.header("status_request")
+        raw_header = json.dumps(header)[:-1].encode() + b',"deep":' + _nested(depth) + b"}"
+        for body in ([raw_header, b"{}", b"{}"],
+                     [json.dumps(session.header("status_request")).encode(),
+                      b'{"deep":' + _nested(depth) + b"}", b"{}"]):
+            send([proto.DELIMITER, session.sign(body), *body],
+                 "error:BadJSON" if depth + 1 > proto.MAX_DEPTH else "ok", "depth")
+        still_serving()
+
+    # 10^3-frame messages: signed or not, frames before or after the delimiter.
+    for _ in range(10):
+        _, frames = session.request("status_request", {})
+        send(frames + [b"{}"] * 1000, "error:BadFrames", "frames")
+        send([b"r"] * 1000 + frames, "error:BadFrames", "frames")
+        send([b"x" * 1024] * 1000, "error:BadFrames", "frames")
+        still_serving()
+
+    assert not sock.poll(500), "a request got more than one reply"
+    print(f"\nhostile fuzz: {sent} messages; outcomes:")
+    for outcome, count in sorted(outcomes.items()):
+        print(f"  {outcome:32s} {count}")
+    assert outcomes["values error:BadRequest"] == sum(1 for _ in _hostile_contents())
+    assert outcomes["depth error:BadJSON"] > 0 and outcomes["frames error:BadFrames"] == 30
+    status = session.deserialize(_request(sock, session, "status")).content
+    assert status["pid"] == daemon.pid
+    assert "InternalError" not in status["counters"]
+    assert "Traceback" not in daemon.output()
+    ctx.destroy(linger=0)
+
+
+def _request(sock: zmq.Socket, session: proto.Session, verb: str) -> list[bytes]:
+    sock.send_multipart(session.request(f"{verb}_request", {})[1])
+    assert sock.poll(REPLY_TIMEOUT_MS)
+    return sock.recv_multipart()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timezone
 
 import pytest
 import zmq
@@ -70,10 +72,10 @@ def test_replayed_seq_is_rejected():
     session = proto.Session(KEY)
     first = session.deserialize(session.request("status_request", {})[1])
     second = session.deserialize(session.request("status_request", {})[1])
-    guard.check(first.header["session"], first.header["seq"])
-    guard.check(second.header["session"], second.header["seq"])
+    for msg in (first, second):
+        guard.check(msg.header["session"], msg.header["seq"], msg.header["date"])
     with pytest.raises(proto.ProtocolError) as err:
-        guard.check(first.header["session"], first.header["seq"])
+        guard.check(first.header["session"], first.header["seq"], first.header["date"])
     assert err.value.kind == "Replay"
 
 
@@ -117,3 +119,82 @@ def test_bad_json_and_bad_header_are_named():
     with pytest.raises(proto.ProtocolError) as err:
         session.deserialize([proto.DELIMITER, session.sign(body), *body])
     assert err.value.kind == "BadHeader"
+
+
+def _checked(guard: proto.SeqGuard, session: proto.Session, **header_extra) -> None:
+    header = dict(session.header("ab_rating_request"), **header_extra)
+    guard.check(header["session"], header["seq"], header["date"])
+
+
+def test_a_replay_is_refused_after_thousands_of_other_sessions():
+    # Before: SeqGuard forgot the least recent of 4096 sessions, so after 4096 others the
+    # first session's old message was accepted again.
+    guard = proto.SeqGuard()
+    victim = proto.Session(KEY)
+    old = victim.header("ab_rating_request")
+    guard.check(old["session"], old["seq"], old["date"])
+    for _ in range(5000):
+        _checked(guard, proto.Session(KEY))
+    with pytest.raises(proto.ProtocolError) as err:
+        guard.check(old["session"], old["seq"], old["date"])
+    assert err.value.kind == "Replay"
+
+
+def test_messages_dated_outside_the_window_are_refused_naming_clock_skew():
+    guard = proto.SeqGuard()
+    for offset in (-proto.DATE_WINDOW_S - 60, proto.DATE_WINDOW_S + 60):
+        date = datetime.fromtimestamp(time.time() + offset, timezone.utc).isoformat()
+        with pytest.raises(proto.ProtocolError) as err:
+            _checked(guard, proto.Session(KEY), date=date)
+        assert err.value.kind == "ClockSkew" and "clock" in err.value.message
+    for bad in ("yesterday", "2026-01-01T00:00:00", 17):  # no zone, not a date
+        with pytest.raises(proto.ProtocolError) as err:
+            _checked(guard, proto.Session(KEY), date=bad)
+        assert err.value.kind == "BadHeader"
+    _checked(guard, proto.Session(KEY))  # a current date passes
+
+
+def test_a_full_guard_refuses_new_sessions_and_forgets_only_expired_ones():
+    now = [1_000_000.0]
+    guard = proto.SeqGuard(max_sessions=3, clock=lambda: now[0])
+
+    def date() -> str:
+        return datetime.fromtimestamp(now[0], timezone.utc).isoformat()
+
+    first = proto.Session(KEY)
+    old = dict(first.header("ab_rating_request"), date=date())
+    guard.check(old["session"], old["seq"], old["date"])
+    for _ in range(2):
+        _checked(guard, proto.Session(KEY), date=date())
+    with pytest.raises(proto.ProtocolError) as err:
+        _checked(guard, proto.Session(KEY), date=date())
+    assert err.value.kind == "Busy"
+    with pytest.raises(proto.ProtocolError) as err:  # the live session is still remembered
+        guard.check(old["session"], old["seq"], old["date"])
+    assert err.value.kind == "Replay"
+    now[0] += 2 * proto.DATE_WINDOW_S + 1  # all three expire: room again
+    _checked(guard, proto.Session(KEY), date=date())
+    assert len(guard) == 1
+    with pytest.raises(proto.ProtocolError) as err:  # the forgotten one is refused by date
+        guard.check(old["session"], old["seq"], old["date"])
+    assert err.value.kind == "ClockSkew"
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+def test_deeply_nested_frames_are_bad_json(depth):
+    # Before: json.loads raised RecursionError at 10^5, which nothing caught.
+    session = proto.Session(KEY)
+    header, frames = session.request("status_request", {})
+    body = [frames[2], frames[3], b'{"a":' + b"[" * depth + b"]" * depth + b"}"]
+    with pytest.raises(proto.ProtocolError) as err:
+        session.deserialize([proto.DELIMITER, session.sign(body), *body])
+    assert err.value.kind == "BadJSON" and "deeper" in err.value.message
+    shallow = [frames[2], frames[3], b'{"a":' + b"[" * 60 + b"]" * 60 + b"}"]
+    assert session.deserialize([proto.DELIMITER, session.sign(shallow), *shallow]).content
+
+
+def test_a_lone_surrogate_always_serialises():
+    session = proto.Session(KEY)
+    frames = session.serialize(session.header("error_reply"), {"x": "\ud800"},
+                               {"msg_id": "a\udfffb"})
+    assert session.deserialize(frames).content == {"x": "\ud800"}
