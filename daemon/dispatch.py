@@ -20,7 +20,7 @@ from typing import Any
 
 from daemon import api
 from daemon import protocol as proto
-from engine.errors import HyperlexError
+from engine.errors import HyperlexError, disk_full
 
 log = logging.getLogger("hyperlexd")
 # (routing, parent header, content) -> sends a reply; loop thread only.
@@ -140,6 +140,11 @@ class Dispatcher:
             return proto.error_content(type(exc).__name__, exc.message,
                                        hint=exc.hint), type(exc).__name__
         except Exception as exc:  # a bug must not take the daemon down
+            full = disk_full(exc, getattr(getattr(self.server, "dirs", None), "state", None))
+            if full is not None:  # not a bug: named, one log line, no traceback
+                log.warning("request %s: %s", msg.msg_type, full.message)
+                return proto.error_content(type(full).__name__, full.message,
+                                           hint=full.hint), type(full).__name__
             log.exception("request %s failed", msg.msg_type)
             return proto.error_content("InternalError", f"{type(exc).__name__}: {exc}"), \
                 "InternalError"

@@ -84,3 +84,37 @@ class NotAvailableError(HyperlexError):
     """A capability is not available in this build or on this machine."""
 
     title = "not available"
+
+
+class DiskFullError(HyperlexError):
+    """The file system under something hyperlex writes is full (or over its quota).
+
+    A passing condition: the same request succeeds once space is freed, so the daemon answers it
+    by name and carries on instead of reporting an internal error.
+    """
+
+    title = "disk full"
+
+
+def disk_full(exc: BaseException, where: object = None) -> DiskFullError | None:
+    """`exc` as a DiskFullError when it is ENOSPC/EDQUOT or SQLite's "database or disk is full".
+
+    Args:
+        exc: any exception.
+        where: the directory whose file system filled (named in the message), if known.
+
+    Returns:
+        The DiskFullError to report, or None when `exc` is something else.
+    """
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    else:
+        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+    if not full:
+        return None
+    place = f" under {where}" if where is not None else ""
+    return DiskFullError(f"the disk{place} is full ({exc})",
+                         hint="free some space there; nothing already saved was lost")

@@ -325,3 +325,25 @@ def test_an_old_ab_rating_is_not_accepted_again_after_thousands_of_sessions(daem
         assert len(Path(first["path"]).read_text().splitlines()) == 1
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("failure", [
+    __import__("sqlite3").OperationalError("database or disk is full"),
+    OSError(__import__("errno").ENOSPC, "No space left on device"),
+])
+def test_a_full_disk_is_answered_by_name_not_as_an_internal_error(failure):
+    sent: list[tuple] = []
+    session = proto.Session(b"k" * 32)
+    dispatcher = Dispatcher(None, session, lambda *reply: sent.append(reply), lambda item: None,
+                            lambda: False)
+
+    def full(server, request, msg):
+        raise failure
+
+    dispatcher.handlers["job_get"] = full
+    dispatcher.handle_frames(session.request("job_get_request", {"id": 1})[1])
+    error = sent[0][2]["error"]
+    assert error["type"] == "DiskFullError" and "full" in error["message"]
+    assert "free some space" in error["hint"]
+    assert dispatcher.counters == {"DiskFullError": 1}
+    dispatcher.close()
