@@ -78,6 +78,9 @@ class JobScheduler:
         self.stopping = False
         self.last_progress_write: dict[int, float] = {}
         self.job_counts: dict[str, int] = {}
+        # job id -> the final state its exit decided, while saving it fails (a full disk);
+        # retried on the loop's timer until the store takes it.
+        self.pending_exits: dict[int, dict[str, Any]] = {}
         self.refresh_counts()
 
     # --- start and stop -------------------------------------------------------------------------
@@ -103,6 +106,9 @@ class JobScheduler:
             proc.terminate()
 
     def check_timers(self) -> None:
+        """The loop's timer: SIGKILL overdue jobs, retry final states that could not be saved."""
+        if self.pending_exits:
+            self.retry_pending_exits()
         for proc in self.running.values():
             if proc.kill_if_overdue(self.cancel_grace_s):
                 log.warning("job %s did not stop within %.0f s: SIGKILL", proc.job_id,
@@ -133,7 +139,12 @@ class JobScheduler:
             return
         heavy = len(self.heavy)
         light = len(self.running) - heavy
-        for job in self.store.next_queued():
+        try:
+            queued = self.store.next_queued()
+        except Exception:
+            log.exception("could not read the job queue; the next exit or submit tries again")
+            return
+        for job in queued:
             if job["heavy"] and heavy >= self.heavy_jobs:
                 continue
             if not job["heavy"] and light >= self.light_jobs:
@@ -143,14 +154,38 @@ class JobScheduler:
                 light += not job["heavy"]
 
     def _start(self, job: dict[str, Any]) -> bool:
+        """Start one queued job; any failure fails that job alone, never the loop."""
         try:
-            argv = job_kind(job["kind"]).command(job)
-        except HyperlexError as exc:
-            self.store.update(job["id"], state="failed", finished=time.time(), error=exc.message)
-            self.publish_state(job["id"], "failed", error=exc.message)
+            return self._start_or_raise(job)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, HyperlexError) \
+                else f"{type(exc).__name__}: {exc}"
+            error = f"could not start: {reason}"
+            log.error("job %s (%s) could not start, marked failed: %s", job["id"], job["kind"],
+                      reason, exc_info=not isinstance(exc, HyperlexError))
+            proc = self.running.pop(job["id"], None)
+            self.heavy.discard(job["id"])
+            if proc is not None:  # started, then the bookkeeping failed: do not leave it behind
+                proc.terminate()
+            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] failed: {error}")
+            try:
+                self.store.update(job["id"], state="failed", finished=time.time(), error=error)
+                self.publish_state(job["id"], "failed", error=error)
+            except Exception:
+                log.exception("job %s: could not save its failed state either", job["id"])
             return False
-        JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] start: {' '.join(argv)}")
-        proc = self.runner(job["id"], argv, Path(job["run_dir"]), self.post)
+
+    def _start_or_raise(self, job: dict[str, Any]) -> bool:
+        argv = job_kind(job["kind"]).command(job)
+        run_dir = Path(job["run_dir"] or "")
+        if not job["run_dir"] or not run_dir.is_absolute():
+            raise HyperlexError(f"job {job['id']} has no run dir")
+        if not run_dir.is_dir():
+            # Deleted while queued: a fresh one lets the job run (its log starts over).
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log.warning("job %s: its run dir %s was missing, made it again", job["id"], run_dir)
+        JobLog(run_dir).append(f"{stamp()} [daemon] start: {' '.join(argv)}")
+        proc = self.runner(job["id"], argv, run_dir, self.post)
         self.running[job["id"]] = proc
         if job["heavy"]:
             self.heavy.add(job["id"])
@@ -159,9 +194,26 @@ class JobScheduler:
         self.publish_state(job["id"], "running", resume=job["resume"])
         return True
 
+    @staticmethod
+    def _log_line(run_dir: str | Path | None, line: str) -> None:
+        """A line in a job's log when it can be written; a full disk or a missing run dir
+        must never stop the bookkeeping that follows."""
+        if not run_dir or not Path(run_dir).is_dir():
+            return
+        try:
+            JobLog(Path(run_dir)).append(line)
+        except Exception as exc:
+            log.warning("could not write to the log of %s: %s", run_dir, exc)
+
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel a queued or interrupted job at once; SIGTERM a running one. Returns the job."""
+        if job_id in self.pending_exits:
+            # Exited, but its final state is not saved yet (a full disk): try again now; a
+            # job that has ended cannot be cancelled, and the reply says what it is.
+            self.retry_pending_exits()
         job = self.store.get(job_id)
+        if job_id in self.pending_exits:
+            return dict(job, state=self.pending_exits[job_id]["state"], saved=False)
         if job["state"] in ("queued", "interrupted"):
             self.store.update(job["id"], state="cancelled", finished=time.time())
             self.publish_state(job["id"], "cancelled")
@@ -231,11 +283,40 @@ class JobScheduler:
             state = "succeeded"
         else:
             state = "failed"
-            tail = joblog.read(max(0, joblog.read(0, 1)["total"] - 3), 3)["lines"]
+            try:
+                tail = joblog.read(max(0, joblog.read(0, 1)["total"] - 3), 3)["lines"]
+            except OSError:
+                tail = []
             error = f"exit code {rc}" + (f": {tail[-1]}" if tail else "")
-        self.store.update(job_id, state=state, finished=time.time(), error=error)
-        joblog.append(f"{now} [daemon] {state} (exit code {rc})")
-        self.publish_state(job_id, state, exit_code=rc, **({"error": error} if error else {}))
+        self._log_line(joblog.path.parent, f"{now} [daemon] {state} (exit code {rc})")
+        self.pending_exits[job_id] = {"state": state, "finished": time.time(), "error": error,
+                                      "rc": rc, "logged": False}
+        self._save_exit(job_id)
+        self.schedule()
+
+    def retry_pending_exits(self) -> None:
+        """Save the final states that could not be saved before (a full disk, meanwhile freed)."""
+        for job_id in list(self.pending_exits):
+            if not self._save_exit(job_id):
+                break  # the store still refuses: the next timer tick tries again
+
+    def _save_exit(self, job_id: int) -> bool:
+        """Write one pending final state; True once the store has it."""
+        pending = self.pending_exits[job_id]
+        state, error = pending["state"], pending["error"]
+        try:
+            self.store.update(job_id, state=state, finished=pending["finished"], error=error)
+        except Exception as exc:
+            if not pending["logged"]:  # once: the timer retries this every tick
+                pending["logged"] = True
+                log.error("job %s %s, but its state could not be saved (%s): retrying until "
+                          "it can", job_id, state, exc)
+            return False
+        del self.pending_exits[job_id]
+        if pending["logged"]:
+            log.info("job %s: its %s state is saved now", job_id, state)
+        self.publish_state(job_id, state, exit_code=pending["rc"],
+                           **({"error": error} if error else {}))
         if state in FINAL_STATES:
             log.info("job %s %s", job_id, state)
-        self.schedule()
+        return True

@@ -69,6 +69,8 @@ class DaemonSettings:
     heartbeat_s: float = 1.0
     # Events queued per subscriber before ZeroMQ drops; a drop is a gap the client resyncs.
     event_hwm: int = 200_000
+    # Where a remote (TCP) client's job paths may point; empty: the state and cache dirs.
+    path_roots: tuple[str, ...] = ()
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -84,7 +86,8 @@ def settings_from_profile(profile: str) -> DaemonSettings:
         if raw is not None:
             kind = type(getattr(DaemonSettings(), name))
             try:
-                value = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+                value = raw.lower() in ("1", "true", "yes") if kind is bool else \
+                    tuple(filter(None, raw.split(os.pathsep))) if kind is tuple else kind(raw)
             except ValueError:
                 raise ConfigError(f"HYPERLEX_DAEMON_{name.upper()}={raw!r} is not a "
                                   f"{kind.__name__}") from None
