@@ -15,6 +15,7 @@ This module knows nothing of sockets or requests.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,7 @@ class JobScheduler:
         # job id -> the final state its exit decided, while saving it fails (a full disk);
         # retried on the loop's timer until the store takes it.
         self.pending_exits: dict[int, dict[str, Any]] = {}
+        self.unsaved_events: set[int] = set()  # jobs whose progress writes failed (said once)
         self.refresh_counts()
 
     # --- start and stop -------------------------------------------------------------------------
@@ -228,8 +230,17 @@ class JobScheduler:
         """An `event` or `exit` item a job process posted."""
         proc = self.running.get(job_id)
         if kind == "event" and proc is not None:  # the hot path: no database read per step
-            self._on_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp())
+            try:
+                self._on_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp())
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk: the events still reach subscribers; the saved progress catches
+                # up with the next event that can be written. Said once per job.
+                if job_id not in self.unsaved_events:
+                    self.unsaved_events.add(job_id)
+                    log.error("job %s: its progress could not be saved (%s); carrying on",
+                              job_id, exc)
             return
+        self.unsaved_events.discard(job_id)
         job = self.store.get(job_id)
         joblog = JobLog(Path(job["run_dir"]))
         if kind == "event":
@@ -246,14 +257,19 @@ class JobScheduler:
             try:
                 run_dir = proc.run_dir if proc is not None else self.store.get(job_id)["run_dir"]
                 JobLog(Path(run_dir)).append_many(f"{now} {line}" for line in batch)
+            except OSError as exc:  # a full disk: said once per job, not once a batch
+                if job_id not in self.unsaved_events:
+                    self.unsaved_events.add(job_id)
+                    log.error("job %s: its log lines could not be written (%s); carrying on",
+                              job_id, exc)
             except Exception:
                 log.exception("while writing %d log line(s) of job %s", len(batch), job_id)
 
     def _on_event(self, job_id: int, event: dict[str, Any], joblog: JobLog, now: str) -> None:
         name = event["event"]
         if name == "log":
-            joblog.append(f"{now} {event.get('message', '')}")
             self.publish(f"job.{job_id}.log", {"lines": [str(event.get("message", ""))]})
+            joblog.append(f"{now} {event.get('message', '')}")
             return
         self.publish(f"job.{job_id}.progress", event)
         if name in ("step", "progress"):
