@@ -73,7 +73,8 @@ class Param:
     """One param a job kind accepts: it becomes `--name value` of the kind's entry point.
 
     Args:
-        type: `str`, `int`, `float` or `bool` (a `store_true` flag); an int is a float too.
+        type: `str`, `int`, `float` or `bool` (a `store_true` flag); an int is taken for a
+            float, and a number for a string (as its text); a bool is only a bool.
         help: what it does, for people.
         path: None, or how the job uses the path: `input` (read), `output` (a file or
             folder the job writes, which must not exist yet unless it lies in the run dir),
@@ -136,8 +137,12 @@ class JobKind:
                 continue
             ok = isinstance(value, param.type) and (param.type is bool
                                                     or not isinstance(value, bool))
-            if param.type is float and isinstance(value, int) and not isinstance(value, bool):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if param.type is float and number:
                 value, ok = float(value), True
+            elif param.type is str and number:
+                # The front ends read `tasks=1` or `base=7` as numbers; as a flag it is text.
+                value, ok = str(value), True
             if not ok:
                 raise BadRequest(f"{self.name} job param {key!r} must be a "
                                  f"{param.type.__name__}, not {type(value).__name__}",

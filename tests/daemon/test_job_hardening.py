@@ -299,6 +299,7 @@ def test_an_abbreviated_flag_is_an_error_in_every_entry_point(name, capsys):
     ("selftest", {"heavy": True}, "selftest job param 'heavy' is not a param of this kind"),
     ("selftest", {"max_steps": "5"}, "'max_steps' must be a int, not str"),
     ("selftest", {"max_steps": True}, "'max_steps' must be a int, not bool"),
+    ("scenes", {"input": True}, "'input' must be a str, not bool"),
 ])
 def test_params_outside_the_schema_are_refused_at_submit(make_daemon, kind, params, message):
     daemon = make_daemon()
@@ -309,10 +310,12 @@ def test_params_outside_the_schema_are_refused_at_submit(make_daemon, kind, para
     assert daemon.call("job_list")["jobs"] == []  # nothing was queued
 
 
-def test_a_float_param_takes_an_int(make_daemon):
+def test_a_float_param_takes_an_int_and_a_string_param_a_number(make_daemon):
     daemon = make_daemon()
     job = daemon.call("job_submit", kind="selftest", params={"step_time": 1})["job"]
     assert job["params"] == {"step_time": 1.0}
+    job = daemon.call("job_submit", kind="train", params={"mode": 3})["job"]
+    assert job["params"] == {"mode": "3"}
 
 
 def test_an_output_never_overwrites_an_existing_file_outside_the_run_dir(make_daemon, tmp_path):
