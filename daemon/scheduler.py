@@ -14,6 +14,7 @@ This module knows nothing of sockets or requests.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import time
@@ -49,6 +50,13 @@ Runner = Callable[[int, list[str], Path, Post], Process]
 
 def stamp() -> str:
     return time.strftime("%F %T")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk (or quota), from the file system or from SQLite: a passing condition."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
 class JobScheduler:
@@ -91,11 +99,15 @@ class JobScheduler:
         """At start: jobs a dead daemon left running are interrupted (their leftover processes
         killed); those with a checkpoint are queued again when `resume_interrupted`."""
         for job in self.store.mark_interrupted():
-            killed = kill_leftover_group(job.get("pid"), job.get("run_dir"))
+            try:
+                killed = kill_leftover_group(job.get("pid"), job.get("run_dir"))
+            except Exception:  # one job's leftovers never stop the daemon from starting
+                log.exception("job %s: could not look for its leftover processes", job["id"])
+                killed = False
             log.warning("job %s was running when the daemon died: interrupted%s", job["id"],
                         " (killed its leftover processes)" if killed else "")
-            JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] "
-                                                "interrupted: the daemon stopped")
+            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] "
+                                               "interrupted: the daemon stopped")
         if resume_interrupted:
             for job in self.store.requeue_for_resume():
                 log.info("job %s will resume from %s", job["id"], job["checkpoint"])
@@ -147,6 +159,8 @@ class JobScheduler:
             log.exception("could not read the job queue; the next exit or submit tries again")
             return
         for job in queued:
+            if job["id"] in self.pending_exits:  # failed to start; its state is not saved yet
+                continue
             if job["heavy"] and heavy >= self.heavy_jobs:
                 continue
             if not job["heavy"] and light >= self.light_jobs:
@@ -160,6 +174,10 @@ class JobScheduler:
         try:
             return self._start_or_raise(job)
         except Exception as exc:
+            if is_disk_full(exc) and job["id"] not in self.running:
+                # Nothing started and nothing is wrong with the job: it waits for space.
+                log.warning("job %s stays queued: %s", job["id"], exc)
+                return False
             reason = exc.message if isinstance(exc, HyperlexError) \
                 else f"{type(exc).__name__}: {exc}"
             error = f"could not start: {reason}"
@@ -170,11 +188,11 @@ class JobScheduler:
             if proc is not None:  # started, then the bookkeeping failed: do not leave it behind
                 proc.terminate()
             self._log_line(job.get("run_dir"), f"{stamp()} [daemon] failed: {error}")
-            try:
-                self.store.update(job["id"], state="failed", finished=time.time(), error=error)
-                self.publish_state(job["id"], "failed", error=error)
-            except Exception:
-                log.exception("job %s: could not save its failed state either", job["id"])
+            # Saved like an exit's final state: retried on the timer if the store refuses, and
+            # never started again meanwhile.
+            self.pending_exits[job["id"]] = {"state": "failed", "finished": time.time(),
+                                             "error": error, "rc": None, "logged": False}
+            self._save_exit(job["id"])
             return False
 
     def _start_or_raise(self, job: dict[str, Any]) -> bool:
@@ -312,9 +330,13 @@ class JobScheduler:
 
     def retry_pending_exits(self) -> None:
         """Save the final states that could not be saved before (a full disk, meanwhile freed)."""
+        saved = False
         for job_id in list(self.pending_exits):
             if not self._save_exit(job_id):
                 break  # the store still refuses: the next timer tick tries again
+            saved = True
+        if saved:  # there is room again: what waited in the queue may start
+            self.schedule()
 
     def _save_exit(self, job_id: int) -> bool:
         """Write one pending final state; True once the store has it."""
@@ -331,8 +353,10 @@ class JobScheduler:
         del self.pending_exits[job_id]
         if pending["logged"]:
             log.info("job %s: its %s state is saved now", job_id, state)
-        self.publish_state(job_id, state, exit_code=pending["rc"],
-                           **({"error": error} if error else {}))
+        extra = {"error": error} if error else {}
+        if pending["rc"] is not None:
+            extra["exit_code"] = pending["rc"]
+        self.publish_state(job_id, state, **extra)
         if state in FINAL_STATES:
             log.info("job %s %s", job_id, state)
         return True

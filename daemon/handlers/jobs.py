@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon import api
 from daemon import protocol as proto
-from daemon.jobs import BusyError, JobKind, JobLog, job_kind
+from daemon.jobs import BusyError, JobKind, JobLog, Param, job_kind
 
 if TYPE_CHECKING:
     from daemon.server import Server
@@ -28,8 +28,11 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
     profile = req.profile or server.profile
     if isinstance(params.get("adapter"), str) and JOB_REF.fullmatch(params["adapter"]):
         params["adapter"] = resolve_adapter(server, params["adapter"])["path"]
-    check_paths(kind, params, server.store.jobs_dir / "new", path_roots(server)
-                if is_remote(server) else None)
+    roots = path_roots(server) if is_remote(server) else None
+    check_paths(kind, params, server.store.jobs_dir / "new", roots)
+    if roots is not None and ("/" in profile or profile.endswith(".toml")):
+        # A profile may be a .toml path: for a remote client it is a path like any other.
+        check_paths(PROFILE_PATH, {"profile": profile}, server.store.jobs_dir / "new", roots)
     kind.command({"params": {}, "profile": profile, "run_dir": "", "resume": False})
     job, created = server.store.submit(req.kind, profile, dict(params), req.request_id,
                                        server.settings.max_queue)
@@ -40,6 +43,11 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
         server.scheduler.schedule()
         job = server.store.get(job["id"])
     return api.JobSubmitReply(job=job, created=created)
+
+
+# The `profile` field of a request, checked as a path that is read (it is not a param).
+PROFILE_PATH = JobKind("job", "", heavy=False, argv=lambda spec: [],
+                       params={"profile": Param(str, "profile .toml", path="input")})
 
 
 def is_remote(server: Server) -> bool:

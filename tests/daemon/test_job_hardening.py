@@ -140,6 +140,24 @@ def test_a_restart_after_a_poisoned_job_and_a_deleted_run_dir_serves(start_daemo
     assert f"job {ids[0]}: its run dir {run_dir} was missing, made it again" in output
 
 
+def test_a_restart_after_kill9_with_a_running_jobs_run_dir_deleted_serves(start_daemon):
+    daemon = start_daemon()
+    with daemon.client() as client:
+        # No checkpoint: after the restart it stays interrupted rather than resuming.
+        job = client.job_submit("selftest", {"max_steps": 100_000, "step_time": 0.05,
+                                             "checkpoint_every": 10**9})["job"]
+        while client.job_get(job["id"])["job"]["state"] != "running":
+            time.sleep(0.05)
+    daemon.kill9()
+    run_dir = Path(job["run_dir"])
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    again = start_daemon()
+    with again.client() as client:
+        assert client.job_get(job["id"])["job"]["state"] == "interrupted"
+        assert client.status()["pid"] == again.pid
+    assert f"job {job['id']} was running when the daemon died: interrupted" in again.output()
+
+
 # --- 2. a job's output cannot kill its reader ---------------------------------------------------
 
 def test_deeply_nested_json_on_stdout_still_ends_the_job(tmp_path):
@@ -204,6 +222,28 @@ def test_a_final_state_that_cannot_be_saved_is_retried_until_it_is(tmp_path, cap
     said = [r.getMessage() for r in caplog.records if "could not be saved" in r.getMessage()]
     assert len(said) == 1, said  # logged once, not once a tick
     assert "database or disk is full" in said[0]
+    store.close()
+
+
+def test_a_job_that_cannot_start_for_a_full_disk_waits_queued(tmp_path):
+    import errno
+
+    store = JobStore(tmp_path / "jobs.sqlite3", tmp_path / "jobs")
+    runner = RaisingRunner(bad={1})
+    runner_call = runner.__call__
+
+    def full_disk(job_id, argv, run_dir, post):
+        if job_id in runner.bad:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return runner_call(job_id, argv, run_dir, post)
+
+    scheduler = JobScheduler(store, lambda t, d: None, lambda item: None, runner=full_disk)
+    job = store.submit("selftest", "tiny-test", {}, None, 64)[0]["id"]
+    scheduler.schedule()
+    assert store.get(job)["state"] == "queued" and not runner.started
+    runner.bad.clear()  # space again
+    scheduler.schedule()
+    assert store.get(job)["state"] == "running" and list(runner.started) == [job]
     store.close()
 
 
@@ -376,6 +416,8 @@ def test_a_remote_client_paths_must_resolve_under_the_roots(start_daemon, tmp_pa
         assert str(outside.resolve()) in via_link.value.message
         with pytest.raises(DaemonError, match="outside the paths"):
             client.job_submit("scenes", {"input": "../../../../../../../../etc/passwd"})
+        with pytest.raises(DaemonError, match="'profile': .* is outside the paths"):
+            client.job_submit("scenes", {"input": str(inside)}, profile=str(outside))
         assert client.job_submit("scenes", {"input": str(inside)})["created"]
         assert client.job_submit("scenes", {"input": "scene.txt"})["created"]  # the run dir's
 
