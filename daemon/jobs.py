@@ -8,6 +8,9 @@ loses nothing that a client was told about. States:
 A `request_id` chosen by the client is unique, so a retried `job_submit` returns the first job
 instead of queuing a second one.
 
+Each job kind declares its params (`Param`: type, help, path use): a client sets those and
+nothing else; `profile`, `run_dir`, `resume` and whether a job is heavy are the daemon's.
+
 This module knows nothing of sockets or of how processes are started (see daemon.workers).
 """
 

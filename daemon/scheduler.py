@@ -6,6 +6,11 @@ process is made by `runner(job_id, argv, run_dir, post)` (daemon.workers.JobProc
 tests inject a fake): its reader threads `post` `("event"|"line"|"exit", job_id, payload)` items
 to the daemon's inbox, and the loop thread hands them back here.
 
+No one job can stop the others: a job that cannot start (any exception) is `failed` with the
+cause, alone; one that cannot start for a full disk stays queued. A job's final state that the
+store refuses (a full disk) is kept in `pending_exits` and retried on the loop's timer until it
+is saved; progress and log writes that fail are said once per job and never block the state.
+
 Everything here runs on the daemon's loop thread, which owns the job store, `running` and
 `job_counts`. The one exception is reading: `job_counts` is replaced whole (never mutated) and
 `job_pids()` copies `running`, so the status request may read both from a worker thread.
