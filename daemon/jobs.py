@@ -295,6 +295,7 @@ class JobStore:
 
         Raises:
             BusyError: `max_queue` jobs are already queued.
+            BadRequest: a param outside the kind's schema (see `JobKind.check_params`).
         """
         if request_id:
             existing = self.db.execute("SELECT * FROM jobs WHERE request_id=?",
