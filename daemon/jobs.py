@@ -8,6 +8,9 @@ loses nothing that a client was told about. States:
 A `request_id` chosen by the client is unique, so a retried `job_submit` returns the first job
 instead of queuing a second one.
 
+Each job kind declares its params (`Param`: type, help, path use): a client sets those and
+nothing else; `profile`, `run_dir`, `resume` and whether a job is heavy are the daemon's.
+
 This module knows nothing of sockets or of how processes are started (see daemon.workers).
 """
 
@@ -18,7 +21,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +66,51 @@ class JobNotFoundError(HyperlexError):
 
 # --- job kinds ---------------------------------------------------------------------------------
 
+# Flags the daemon sets on every job's command line itself; a client never chooses them.
+DAEMON_FLAGS = ("profile", "run_dir", "resume")
+PATH_USES = ("input", "output", "update")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One param a job kind accepts: it becomes `--name value` of the kind's entry point.
+
+    Args:
+        type: `str`, `int`, `float` or `bool` (a `store_true` flag); an int is taken for a
+            float, and a number for a string (as its text); a bool is only a bool.
+        help: what it does, for people.
+        path: None, or how the job uses the path: `input` (read), `output` (a file or
+            folder the job writes, which must not exist yet unless it lies in the run dir),
+            `update` (read and written in place, e.g. a memory dir).
+    """
+
+    type: type
+    help: str
+    path: str | None = None
+
+
+def _params(**params: Param) -> dict[str, Param]:
+    for name, param in params.items():
+        assert name not in DAEMON_FLAGS, f"{name} is the daemon's flag, never a param"
+        assert param.type in (str, int, float, bool) and param.path in (None, *PATH_USES)
+    return params
+
+
 @dataclass(frozen=True)
 class JobKind:
-    """How to run one kind of job: the engine module and its command line.
+    """How to run one kind of job: the engine module, its command line and its params.
 
     `module` is run as `python -m module`; it must print the JSON-lines progress contract on
-    stdout (`step`, `checkpoint`, `log`, `done` events) and checkpoint on SIGTERM.
+    stdout (`step`, `checkpoint`, `log`, `done` events) and checkpoint on SIGTERM. `params`
+    is everything a client may set; a test checks each is a flag of the module's parser with
+    the same type, so the two cannot drift apart.
     """
 
     name: str
     module: str
     heavy: bool
     argv: Callable[[dict[str, Any]], list[str]]
+    params: dict[str, Param] = field(default_factory=dict)
 
     def available(self) -> bool:
         """Always true: every kind's module ships in the one package (a test checks each).
@@ -83,9 +119,48 @@ class JobKind:
         """
         return True
 
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The params, checked against the kind's schema (ints given for floats become floats).
+
+        Raises:
+            BadRequest: an unknown key (the daemon's own flags included) or a wrong type.
+        """
+        from daemon.api import BadRequest  # the request layer's error; api imports no jobs
+
+        allowed = ", ".join(sorted(self.params)) or "none"
+        checked: dict[str, Any] = {}
+        for key, value in params.items():
+            param = self.params.get(key)
+            if param is None:
+                why = ("is set by the daemon" if key in DAEMON_FLAGS
+                       else "is not a param of this kind")
+                raise BadRequest(f"{self.name} job param {str(key)[:40]!r} {why}",
+                                 hint=f"allowed params: {allowed}")
+            if value is None:
+                continue
+            ok = isinstance(value, param.type) and (param.type is bool
+                                                    or not isinstance(value, bool))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if param.type is float and number:
+                value, ok = float(value), True
+            elif param.type is str and number:
+                # The front ends read `tasks=1` or `base=7` as numbers; as a flag it is text.
+                value, ok = str(value), True
+            if not ok:
+                raise BadRequest(f"{self.name} job param {key!r} must be a "
+                                 f"{param.type.__name__}, not {type(value).__name__}",
+                                 hint=f"{key}: {param.help}")
+            checked[key] = value
+        return checked
+
     def command(self, job: dict[str, Any], python: str = sys.executable) -> list[str]:
-        """The full command line for `job` (its params, profile, run dir and resume flag)."""
-        spec = dict(job["params"], profile=job["profile"], run_dir=job["run_dir"],
+        """The full command line for `job` (its params, profile, run dir and resume flag).
+
+        Only the schema's params become flags (a stored job from an older daemon may hold
+        others): the daemon's `--run-dir` and `--resume` cannot be overridden.
+        """
+        params = {k: v for k, v in job["params"].items() if k in self.params}
+        spec = dict(params, profile=job["profile"], run_dir=job["run_dir"],
                     resume=bool(job["resume"]))
         return [python, "-m", self.module, *self.argv(spec)]
 
@@ -97,24 +172,81 @@ def _flags(spec: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
         if key in skip or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        out += [flag] if value is True else [flag, str(value)]
+        # `--flag=value`: a value that starts with "-" stays a value, never another flag.
+        out += [flag] if value is True else [f"{flag}={value}"]
     return out
 
 
 def _recipe_argv(spec: dict[str, Any]) -> list[str]:
-    base = ["--profile", spec["profile"], "--run-dir", spec["run_dir"]]
+    base = [f"--profile={spec['profile']}", f"--run-dir={spec['run_dir']}"]
     return base + _flags(spec, skip=("profile", "run_dir")) + ["--progress-jsonl"]
 
 
+TRAIN_PARAMS = _params(
+    data=Param(str, "scenes JSONL (default: the synthetic demo corpus)", path="input"),
+    mode=Param(str, "overrides training.mode"),
+    max_steps=Param(int, "overrides training.max_steps"),
+    stop_at_step=Param(int, "stop after this step with a checkpoint"),
+)
+EVAL_PARAMS = _params(
+    adapter=Param(str, "[NAME=]DIR of PEFT adapters, comma-separated", path="input"),
+    vs=Param(str, "the side to compare against (base)"),
+    sweep=Param(str, "a run dir: every checkpoint", path="input"),
+    tests=Param(str, "a manual test file (JSONL)", path="input"),
+    backend=Param(str, "what scores the sides: hf, llamacpp or openai"),
+    reverse_path=Param(str, "reversibility's way out: sceneformer or bridge"),
+    judge=Param(str, "PROFILE[:BACKEND] of a pairwise judge"),
+    ratings=Param(str, "people's A/B ratings (ab_ratings.jsonl) to rank", path="input"),
+    data=Param(str, "scenes JSONL (default: the adapter's training data)", path="input"),
+    mode=Param(str, "the held-out format (default: trained)"),
+    tasks=Param(str, "comma-separated tasks to run"),
+    limit=Param(int, "held-out examples at most"),
+    seed=Param(int, "bootstrap seed"),
+    n_resamples=Param(int, "bootstrap resamples"),
+)
+EXPORT_PARAMS = _params(
+    adapter=Param(str, "PEFT adapter dir (or job:ID of a train job)", path="input"),
+    format=Param(str, "gguf-lora, merge or gguf"),
+    output=Param(str, "what to write (default: in the run dir)", path="output"),
+    base=Param(str, "base model spec (default: the profile's)"),
+)
+SCENES_PARAMS = _params(
+    input=Param(str, "a file or folder of texts", path="input"),
+    output=Param(str, "scene JSONL to write (default: <run-dir>/scenes.jsonl)", path="output"),
+    sceneformer=Param(str, "rule or llm"),
+    registers=Param(str, "lexicon, embedding or none"),
+    embed=Param(bool, "fill scene vectors"),
+)
+MEMORY_ADD_PARAMS = _params(
+    input=Param(str, "scenes JSONL", path="input"),
+    memory=Param(str, "memory dir (default: <state>/memory/default)", path="update"),
+)
+SELFTEST_PARAMS = _params(
+    max_steps=Param(int, "steps to count"),
+    step_time=Param(float, "seconds a step"),
+    checkpoint_every=Param(int, "steps between checkpoints"),
+    fail_at=Param(int, "exit 3 at this step"),
+    ignore_sigterm=Param(bool, "keep running on SIGTERM (tests the SIGKILL escalation)"),
+    lines_per_step=Param(int, "plain log lines printed each step"),
+)
+
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind for kind in (
-        JobKind("train", "engine.training.run", heavy=True, argv=_recipe_argv),
-        JobKind("eval", "engine.evals.run", heavy=True, argv=_recipe_argv),
-        JobKind("export", "engine.export.run", heavy=True, argv=_recipe_argv),
-        JobKind("scenes", "engine.scenes.run", heavy=False, argv=_recipe_argv),
-        JobKind("memory-add", "engine.memory.run", heavy=False, argv=_recipe_argv),
-        # Exercises the job machinery itself (progress, checkpoints, resume, cancel).
-        JobKind("selftest", "daemon.selftest_job", heavy=False, argv=_recipe_argv),
+        JobKind("train", "engine.training.run", heavy=True, argv=_recipe_argv,
+                params=TRAIN_PARAMS),
+        JobKind("eval", "engine.evals.run", heavy=True, argv=_recipe_argv, params=EVAL_PARAMS),
+        JobKind("export", "engine.export.run", heavy=True, argv=_recipe_argv,
+                params=EXPORT_PARAMS),
+        JobKind("scenes", "engine.scenes.run", heavy=False, argv=_recipe_argv,
+                params=SCENES_PARAMS),
+        JobKind("memory-add", "engine.memory.run", heavy=False, argv=_recipe_argv,
+                params=MEMORY_ADD_PARAMS),
+        # Exercises the job machinery itself (progress, checkpoints, resume, cancel); the
+        # heavy one takes a heavy slot as a training does, so the limits can be tested.
+        JobKind("selftest", "daemon.selftest_job", heavy=False, argv=_recipe_argv,
+                params=SELFTEST_PARAMS),
+        JobKind("selftest-heavy", "daemon.selftest_job", heavy=True, argv=_recipe_argv,
+                params=SELFTEST_PARAMS),
     )
 }
 
@@ -225,6 +357,7 @@ class JobStore:
 
         Raises:
             BusyError: `max_queue` jobs are already queued.
+            BadRequest: a param outside the kind's schema (see `JobKind.check_params`).
         """
         if request_id:
             existing = self.db.execute("SELECT * FROM jobs WHERE request_id=?",
@@ -234,8 +367,9 @@ class JobStore:
         if self.count("queued") >= max_queue:
             raise BusyError(f"the job queue is full ({max_queue} queued)",
                             hint="wait for jobs to finish or cancel some")
-        # `heavy` in params overrides the kind's (tests mark selftest jobs heavy with it).
-        heavy = bool(params.pop("heavy", job_kind(kind).heavy))
+        # Heavy is the kind's alone: a client cannot ask for two trainings at once.
+        heavy = job_kind(kind).heavy
+        params = job_kind(kind).check_params(params)
         cursor = self.db.execute(
             "INSERT INTO jobs(kind, profile, params, state, request_id, heavy, created) "
             "VALUES (?,?,?,?,?,?,?)",

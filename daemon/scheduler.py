@@ -6,6 +6,11 @@ process is made by `runner(job_id, argv, run_dir, post)` (daemon.workers.JobProc
 tests inject a fake): its reader threads `post` `("event"|"line"|"exit", job_id, payload)` items
 to the daemon's inbox, and the loop thread hands them back here.
 
+No one job can stop the others: a job that cannot start (any exception) is `failed` with the
+cause, alone; one that cannot start for a full disk stays queued. A job's final state that the
+store refuses (a full disk) is kept in `pending_exits` and retried on the loop's timer until it
+is saved; progress and log writes that fail are said once per job and never block the state.
+
 Everything here runs on the daemon's loop thread, which owns the job store, `running` and
 `job_counts`. The one exception is reading: `job_counts` is replaced whole (never mutated) and
 `job_pids()` copies `running`, so the status request may read both from a worker thread.
@@ -14,7 +19,9 @@ This module knows nothing of sockets or requests.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +57,13 @@ def stamp() -> str:
     return time.strftime("%F %T")
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk (or quota), from the file system or from SQLite: a passing condition."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 class JobScheduler:
     """Starts queued jobs within the limits and follows them to their final state.
 
@@ -78,6 +92,10 @@ class JobScheduler:
         self.stopping = False
         self.last_progress_write: dict[int, float] = {}
         self.job_counts: dict[str, int] = {}
+        # job id -> the final state its exit decided, while saving it fails (a full disk);
+        # retried on the loop's timer until the store takes it.
+        self.pending_exits: dict[int, dict[str, Any]] = {}
+        self.unsaved_events: set[int] = set()  # jobs whose progress writes failed (said once)
         self.refresh_counts()
 
     # --- start and stop -------------------------------------------------------------------------
@@ -86,11 +104,15 @@ class JobScheduler:
         """At start: jobs a dead daemon left running are interrupted (their leftover processes
         killed); those with a checkpoint are queued again when `resume_interrupted`."""
         for job in self.store.mark_interrupted():
-            killed = kill_leftover_group(job.get("pid"), job.get("run_dir"))
+            try:
+                killed = kill_leftover_group(job.get("pid"), job.get("run_dir"))
+            except Exception:  # one job's leftovers never stop the daemon from starting
+                log.exception("job %s: could not look for its leftover processes", job["id"])
+                killed = False
             log.warning("job %s was running when the daemon died: interrupted%s", job["id"],
                         " (killed its leftover processes)" if killed else "")
-            JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] "
-                                                "interrupted: the daemon stopped")
+            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] "
+                                               "interrupted: the daemon stopped")
         if resume_interrupted:
             for job in self.store.requeue_for_resume():
                 log.info("job %s will resume from %s", job["id"], job["checkpoint"])
@@ -103,6 +125,9 @@ class JobScheduler:
             proc.terminate()
 
     def check_timers(self) -> None:
+        """The loop's timer: SIGKILL overdue jobs, retry final states that could not be saved."""
+        if self.pending_exits:
+            self.retry_pending_exits()
         for proc in self.running.values():
             if proc.kill_if_overdue(self.cancel_grace_s):
                 log.warning("job %s did not stop within %.0f s: SIGKILL", proc.job_id,
@@ -133,7 +158,14 @@ class JobScheduler:
             return
         heavy = len(self.heavy)
         light = len(self.running) - heavy
-        for job in self.store.next_queued():
+        try:
+            queued = self.store.next_queued()
+        except Exception:
+            log.exception("could not read the job queue; the next exit or submit tries again")
+            return
+        for job in queued:
+            if job["id"] in self.pending_exits:  # failed to start; its state is not saved yet
+                continue
             if job["heavy"] and heavy >= self.heavy_jobs:
                 continue
             if not job["heavy"] and light >= self.light_jobs:
@@ -143,14 +175,42 @@ class JobScheduler:
                 light += not job["heavy"]
 
     def _start(self, job: dict[str, Any]) -> bool:
+        """Start one queued job; any failure fails that job alone, never the loop."""
         try:
-            argv = job_kind(job["kind"]).command(job)
-        except HyperlexError as exc:
-            self.store.update(job["id"], state="failed", finished=time.time(), error=exc.message)
-            self.publish_state(job["id"], "failed", error=exc.message)
+            return self._start_or_raise(job)
+        except Exception as exc:
+            if is_disk_full(exc) and job["id"] not in self.running:
+                # Nothing started and nothing is wrong with the job: it waits for space.
+                log.warning("job %s stays queued: %s", job["id"], exc)
+                return False
+            reason = exc.message if isinstance(exc, HyperlexError) \
+                else f"{type(exc).__name__}: {exc}"
+            error = f"could not start: {reason}"
+            log.error("job %s (%s) could not start, marked failed: %s", job["id"], job["kind"],
+                      reason, exc_info=not isinstance(exc, HyperlexError))
+            proc = self.running.pop(job["id"], None)
+            self.heavy.discard(job["id"])
+            if proc is not None:  # started, then the bookkeeping failed: do not leave it behind
+                proc.terminate()
+            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] failed: {error}")
+            # Saved like an exit's final state: retried on the timer if the store refuses, and
+            # never started again meanwhile.
+            self.pending_exits[job["id"]] = {"state": "failed", "finished": time.time(),
+                                             "error": error, "rc": None, "logged": False}
+            self._save_exit(job["id"])
             return False
-        JobLog(Path(job["run_dir"])).append(f"{stamp()} [daemon] start: {' '.join(argv)}")
-        proc = self.runner(job["id"], argv, Path(job["run_dir"]), self.post)
+
+    def _start_or_raise(self, job: dict[str, Any]) -> bool:
+        argv = job_kind(job["kind"]).command(job)
+        run_dir = Path(job["run_dir"] or "")
+        if not job["run_dir"] or not run_dir.is_absolute():
+            raise HyperlexError(f"job {job['id']} has no run dir")
+        if not run_dir.is_dir():
+            # Deleted while queued: a fresh one lets the job run (its log starts over).
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log.warning("job %s: its run dir %s was missing, made it again", job["id"], run_dir)
+        JobLog(run_dir).append(f"{stamp()} [daemon] start: {' '.join(argv)}")
+        proc = self.runner(job["id"], argv, run_dir, self.post)
         self.running[job["id"]] = proc
         if job["heavy"]:
             self.heavy.add(job["id"])
@@ -159,9 +219,26 @@ class JobScheduler:
         self.publish_state(job["id"], "running", resume=job["resume"])
         return True
 
+    @staticmethod
+    def _log_line(run_dir: str | Path | None, line: str) -> None:
+        """A line in a job's log when it can be written; a full disk or a missing run dir
+        must never stop the bookkeeping that follows."""
+        if not run_dir or not Path(run_dir).is_dir():
+            return
+        try:
+            JobLog(Path(run_dir)).append(line)
+        except Exception as exc:
+            log.warning("could not write to the log of %s: %s", run_dir, exc)
+
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel a queued or interrupted job at once; SIGTERM a running one. Returns the job."""
+        if job_id in self.pending_exits:
+            # Exited, but its final state is not saved yet (a full disk): try again now; a
+            # job that has ended cannot be cancelled, and the reply says what it is.
+            self.retry_pending_exits()
         job = self.store.get(job_id)
+        if job_id in self.pending_exits:
+            return dict(job, state=self.pending_exits[job_id]["state"], saved=False)
         if job["state"] in ("queued", "interrupted"):
             self.store.update(job["id"], state="cancelled", finished=time.time())
             self.publish_state(job["id"], "cancelled")
@@ -176,8 +253,17 @@ class JobScheduler:
         """An `event` or `exit` item a job process posted."""
         proc = self.running.get(job_id)
         if kind == "event" and proc is not None:  # the hot path: no database read per step
-            self._on_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp())
+            try:
+                self._on_event(job_id, payload, JobLog(Path(proc.run_dir)), stamp())
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk: the events still reach subscribers; the saved progress catches
+                # up with the next event that can be written. Said once per job.
+                if job_id not in self.unsaved_events:
+                    self.unsaved_events.add(job_id)
+                    log.error("job %s: its progress could not be saved (%s); carrying on",
+                              job_id, exc)
             return
+        self.unsaved_events.discard(job_id)
         job = self.store.get(job_id)
         joblog = JobLog(Path(job["run_dir"]))
         if kind == "event":
@@ -194,14 +280,19 @@ class JobScheduler:
             try:
                 run_dir = proc.run_dir if proc is not None else self.store.get(job_id)["run_dir"]
                 JobLog(Path(run_dir)).append_many(f"{now} {line}" for line in batch)
+            except OSError as exc:  # a full disk: said once per job, not once a batch
+                if job_id not in self.unsaved_events:
+                    self.unsaved_events.add(job_id)
+                    log.error("job %s: its log lines could not be written (%s); carrying on",
+                              job_id, exc)
             except Exception:
                 log.exception("while writing %d log line(s) of job %s", len(batch), job_id)
 
     def _on_event(self, job_id: int, event: dict[str, Any], joblog: JobLog, now: str) -> None:
         name = event["event"]
         if name == "log":
-            joblog.append(f"{now} {event.get('message', '')}")
             self.publish(f"job.{job_id}.log", {"lines": [str(event.get("message", ""))]})
+            joblog.append(f"{now} {event.get('message', '')}")
             return
         self.publish(f"job.{job_id}.progress", event)
         if name in ("step", "progress"):
@@ -231,11 +322,46 @@ class JobScheduler:
             state = "succeeded"
         else:
             state = "failed"
-            tail = joblog.read(max(0, joblog.read(0, 1)["total"] - 3), 3)["lines"]
+            try:
+                tail = joblog.read(max(0, joblog.read(0, 1)["total"] - 3), 3)["lines"]
+            except OSError:
+                tail = []
             error = f"exit code {rc}" + (f": {tail[-1]}" if tail else "")
-        self.store.update(job_id, state=state, finished=time.time(), error=error)
-        joblog.append(f"{now} [daemon] {state} (exit code {rc})")
-        self.publish_state(job_id, state, exit_code=rc, **({"error": error} if error else {}))
+        self._log_line(joblog.path.parent, f"{now} [daemon] {state} (exit code {rc})")
+        self.pending_exits[job_id] = {"state": state, "finished": time.time(), "error": error,
+                                      "rc": rc, "logged": False}
+        self._save_exit(job_id)
+        self.schedule()
+
+    def retry_pending_exits(self) -> None:
+        """Save the final states that could not be saved before (a full disk, meanwhile freed)."""
+        saved = False
+        for job_id in list(self.pending_exits):
+            if not self._save_exit(job_id):
+                break  # the store still refuses: the next timer tick tries again
+            saved = True
+        if saved:  # there is room again: what waited in the queue may start
+            self.schedule()
+
+    def _save_exit(self, job_id: int) -> bool:
+        """Write one pending final state; True once the store has it."""
+        pending = self.pending_exits[job_id]
+        state, error = pending["state"], pending["error"]
+        try:
+            self.store.update(job_id, state=state, finished=pending["finished"], error=error)
+        except Exception as exc:
+            if not pending["logged"]:  # once: the timer retries this every tick
+                pending["logged"] = True
+                log.error("job %s %s, but its state could not be saved (%s): retrying until "
+                          "it can", job_id, state, exc)
+            return False
+        del self.pending_exits[job_id]
+        if pending["logged"]:
+            log.info("job %s: its %s state is saved now", job_id, state)
+        extra = {"error": error} if error else {}
+        if pending["rc"] is not None:
+            extra["exit_code"] = pending["rc"]
+        self.publish_state(job_id, state, **extra)
         if state in FINAL_STATES:
             log.info("job %s %s", job_id, state)
-        self.schedule()
+        return True

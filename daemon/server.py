@@ -94,6 +94,8 @@ class DaemonSettings:
     # Test and benchmark hooks (event_burst): off, so an ordinary client cannot flood the loop;
     # tests and bench/daemon.py start their daemon with HYPERLEX_DAEMON_TEST_HOOKS=1.
     test_hooks: bool = False
+    # Where a remote (TCP) client's job paths may point; empty: the state and cache dirs.
+    path_roots: tuple[str, ...] = ()
 
 
 def settings_from_profile(profile: str) -> DaemonSettings:
@@ -109,7 +111,8 @@ def settings_from_profile(profile: str) -> DaemonSettings:
         if raw is not None:
             kind = type(getattr(DaemonSettings(), name))
             try:
-                value = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+                value = raw.lower() in ("1", "true", "yes") if kind is bool else \
+                    tuple(filter(None, raw.split(os.pathsep))) if kind is tuple else kind(raw)
             except ValueError:
                 raise ConfigError(f"HYPERLEX_DAEMON_{name.upper()}={raw!r} is not a "
                                   f"{kind.__name__}") from None

@@ -23,6 +23,23 @@ from typing import Any
 from engine.paths import project_root
 
 Post = Callable[[tuple[str, int, Any]], None]
+MAX_LINE = 64 * 1024  # a plain output line longer than this is logged cut short
+MAX_SHOWN = 2000
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The progress event a stdout line carries, or None when it is a plain line.
+
+    Anything `json.loads` raises makes it a plain line: not only ValueError, but RecursionError
+    for deeply nested arrays (`[` x 100,000), which would otherwise kill the reader thread.
+    """
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
 class JobProcess:
@@ -62,25 +79,41 @@ class JobProcess:
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        rc: int | None = None
+        try:
+            for raw in self.proc.stdout:
+                self._post_line(raw)
+        except Exception as exc:  # never let one line end the job's bookkeeping
+            self.post(("line", self.job_id, f"[daemon] stopped reading the job's output: "
+                                            f"{type(exc).__name__}: {exc}"[:MAX_SHOWN]))
+            self.proc.stdout.close()
+        finally:
+            # Always posted, whatever happened above: without it the job stays `running`.
             try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
-                self.post(("event", self.job_id, event))
-            elif line:
-                self.post(("line", self.job_id, line))
-        rc = self.proc.wait()
-        self._stderr_done.wait(timeout=5)
-        self.post(("exit", self.job_id, rc))
+                rc = self.proc.wait()
+                self._stderr_done.wait(timeout=5)
+            finally:
+                self.post(("exit", self.job_id, rc if rc is not None else -1))
+
+    def _post_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        event = parse_event(line)
+        if event is not None:
+            self.post(("event", self.job_id, event))
+        elif line:
+            # A line that only looked like JSON (too deep to parse, say) is logged cut short.
+            self.post(("line", self.job_id, line if len(line) <= MAX_LINE else
+                       line[:MAX_SHOWN] + f"... ({len(line)} characters)"))
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         try:
             for raw in self.proc.stderr:
-                self.post(("line", self.job_id, raw.decode("utf-8", errors="replace").rstrip()))
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                self.post(("line", self.job_id, line if len(line) <= MAX_LINE else
+                           line[:MAX_SHOWN] + f"... ({len(line)} characters)"))
+        except Exception:
+            pass  # the job's exit is posted by the stdout reader whatever happens here
         finally:
             self._stderr_done.set()
 

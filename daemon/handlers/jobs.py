@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon import api
 from daemon import protocol as proto
-from daemon.jobs import JobLog, job_kind
+from daemon.jobs import BusyError, JobKind, JobLog, Param, job_kind
 
 if TYPE_CHECKING:
     from daemon.server import Server
@@ -22,12 +23,17 @@ RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
 def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api.JobSubmitReply:
-    params = dict(req.params)
+    kind = job_kind(req.kind)
+    params = kind.check_params(dict(req.params))
     profile = req.profile or server.profile
     if isinstance(params.get("adapter"), str) and JOB_REF.fullmatch(params["adapter"]):
         params["adapter"] = resolve_adapter(server, params["adapter"])["path"]
-    job_kind(req.kind).command({"params": {}, "profile": profile, "run_dir": "",
-                                "resume": False})
+    roots = path_roots(server) if is_remote(server) else None
+    check_paths(kind, params, server.store.jobs_dir / "new", roots)
+    if roots is not None and ("/" in profile or profile.endswith(".toml")):
+        # A profile may be a .toml path: for a remote client it is a path like any other.
+        check_paths(PROFILE_PATH, {"profile": profile}, server.store.jobs_dir / "new", roots)
+    kind.command({"params": {}, "profile": profile, "run_dir": "", "resume": False})
     job, created = server.store.submit(req.kind, profile, dict(params), req.request_id,
                                        server.settings.max_queue)
     if created:
@@ -37,6 +43,63 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
         server.scheduler.schedule()
         job = server.store.get(job["id"])
     return api.JobSubmitReply(job=job, created=created)
+
+
+# The `profile` field of a request, checked as a path that is read (it is not a param).
+PROFILE_PATH = JobKind("job", "", heavy=False, argv=lambda spec: [],
+                       params={"profile": Param(str, "profile .toml", path="input")})
+
+
+def is_remote(server: Server) -> bool:
+    """Requests over TCP come from another machine: the daemon's files are a boundary there.
+    Over ipc (or an SSH tunnel to it) a client holding the key is the same user."""
+    return (server.options.bind or "").startswith("tcp://")
+
+
+def path_roots(server: Server) -> list[Path]:
+    """Where a remote client's path params may point (symlinks followed): the configured
+    `path_roots`, by default the daemon's state and cache dirs."""
+    configured = getattr(server.settings, "path_roots", ()) or ()
+    roots = [Path(r).expanduser() for r in configured] or [server.dirs.state, server.dirs.cache]
+    return [root.resolve() for root in roots]
+
+
+def _path_values(name: str, value: str) -> list[str]:
+    # eval's `adapter` is "[NAME=]DIR" items, comma-separated; every other path is one path.
+    if name != "adapter" or "," not in value and "=" not in value:
+        return [value]
+    return [item.rpartition("=")[2] for item in value.split(",") if item.strip()]
+
+
+def check_paths(kind: JobKind, params: dict[str, Any], run_dir: Path,
+                roots: list[Path] | None) -> None:
+    """Refuse path params that reach where they should not.
+
+    Relative paths are the job's: it runs in its run dir. For everybody, an `output` must not
+    exist yet unless it lies in the run dir (a job never overwrites a file elsewhere). With
+    `roots` (a remote client), every path must resolve, symlinks followed, under one of them.
+
+    Raises:
+        BadRequest: naming the param, the resolved path and the rule.
+    """
+    for name, param in kind.params.items():
+        if param.path is None or not isinstance(params.get(name), str):
+            continue
+        for raw in _path_values(name, params[name]):
+            given = Path(raw).expanduser()
+            resolved = (given if given.is_absolute() else run_dir / given).resolve()
+            if roots is not None and not any(resolved.is_relative_to(r) for r in roots):
+                raise api.BadRequest(
+                    f"{kind.name} job param {name!r}: {resolved} is outside the paths a "
+                    f"remote client may use ({', '.join(map(str, roots))})",
+                    hint="put the file under one of them, or add a root to the profile's "
+                         "[daemon] path_roots")
+            inside_run_dir = not given.is_absolute() and resolved.is_relative_to(run_dir)
+            if param.path == "output" and not inside_run_dir and os.path.lexists(resolved):
+                raise api.BadRequest(
+                    f"{kind.name} job param {name!r}: {resolved} exists already; a job "
+                    "never overwrites a file outside its run dir",
+                    hint="choose a new path, or leave it out to write into the run dir")
 
 
 def list_(server: Server, req: api.JobListRequest, msg: proto.Message) -> api.JobListReply:
@@ -70,6 +133,9 @@ def resume(server: Server, req: api.JobResumeRequest, msg: proto.Message) -> api
         raise api.BadRequest(f"job {job['id']} has no checkpoint to resume from",
                              hint="send restart=true to run it again from the start")
     again = bool(job["checkpoint"])
+    if server.store.count("queued") >= server.settings.max_queue:
+        raise BusyError(f"the job queue is full ({server.settings.max_queue} queued)",
+                        hint="wait for jobs to finish or cancel some")
     server.store.update(job["id"], state="queued", resume=int(again), finished=None,
                         pid=None, error=None)
     JobLog(Path(job["run_dir"])).append(

@@ -117,6 +117,27 @@ def fingerprint(profile: Any, mode: str, max_steps: int, processes: int) -> dict
             "processes": processes}
 
 
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's `state.pt`, loaded with `weights_only=True`: tensors, dicts, lists and
+    plain numbers only, so a crafted file cannot run code when a run is resumed.
+
+    Raises:
+        DataError: the file holds anything else (a pickled object), or is not a state file.
+    """
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise DataError(f"cannot resume from {path}: it is not a plain training state "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})",
+                        hint="a state.pt holds only tensors, numbers, lists and dicts; "
+                             "start a new run, or resume from a checkpoint this version "
+                             "wrote") from None
+    if not isinstance(state, dict):
+        raise DataError(f"cannot resume from {path}: it holds a {type(state).__name__}, "
+                        "not a training state", hint="start a new run")
+    return state
+
+
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -416,9 +437,15 @@ class LoRARecipe:
     # --- checkpoints --------------------------------------------------------------------------
 
     def _rng_state(self) -> dict[str, Any]:
+        """Every RNG's state as plain values and tensors: `state.pt` is loaded with
+        `weights_only=True`, which refuses numpy arrays and arbitrary objects."""
         import numpy as np
 
-        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"python": [version, list(internal), gauss],
+                 "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                           int(pos), int(has_gauss), float(cached)],
                  "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -427,8 +454,11 @@ class LoRARecipe:
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         import numpy as np
 
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos,
+                             has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -503,7 +533,7 @@ class LoRARecipe:
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(sharding.shard_like(tensor, params[name]))
-        state = torch.load(path / "state.pt", weights_only=False)
+        state = load_resume_state(path / "state.pt")
         sharding.load_full_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]

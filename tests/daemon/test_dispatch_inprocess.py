@@ -112,7 +112,7 @@ def test_a_profile_switch_happens_on_the_loop_and_shows_everywhere(make_daemon):
 def test_jobs_start_within_the_heavy_and_light_limits(make_daemon):
     runner = FakeRunner()
     daemon = make_daemon(runner, heavy_jobs=1, light_jobs=2)
-    heavy = [daemon.call("job_submit", kind="selftest", params={"heavy": True})["job"]["id"]
+    heavy = [daemon.call("job_submit", kind="selftest-heavy")["job"]["id"]
              for _ in range(2)]
     light = [daemon.call("job_submit", kind="selftest")["job"]["id"] for _ in range(3)]
     assert sorted(runner.started) == [heavy[0], light[0], light[1]]

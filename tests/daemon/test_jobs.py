@@ -92,7 +92,7 @@ def test_full_queue_answers_busy(start_daemon):
 
 
 def test_heavy_jobs_run_one_at_a_time_with_light_ones_alongside(client):
-    heavy = [client.job_submit("selftest", {"max_steps": 1000, "heavy": True})["job"]["id"]
+    heavy = [client.job_submit("selftest-heavy", {"max_steps": 1000})["job"]["id"]
              for _ in range(2)]
     light = client.job_submit("selftest", {"max_steps": 1000})["job"]["id"]
     states = {i: client.job_get(i)["job"]["state"] for i in [*heavy, light]}

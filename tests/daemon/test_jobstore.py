@@ -37,12 +37,14 @@ def test_a_submitted_job_is_queued_with_its_own_run_dir(store, tmp_path):
     assert store.get(job["id"]) == job
 
 
-def test_heavy_comes_from_the_kind_and_a_heavy_param_overrides_it(store):
+def test_heavy_comes_from_the_kind_and_a_heavy_param_is_refused(store):
     train, _ = submit(store, "train", max_steps=2)
     light, _ = submit(store, "selftest")
-    marked, _ = submit(store, "selftest", heavy=True)
+    marked, _ = submit(store, "selftest-heavy")
     assert train["heavy"] is True and light["heavy"] is False and marked["heavy"] is True
-    assert "heavy" not in marked["params"], "heavy is a column, not a recipe flag"
+    with pytest.raises(HyperlexError, match="'heavy' is not a param") as refused:
+        submit(store, "selftest", heavy=True)
+    assert type(refused.value).__name__ == "BadRequest"
 
 
 def test_a_retried_request_id_returns_the_first_job(store):
@@ -154,11 +156,12 @@ def test_every_job_kind_runs_a_module_of_the_package():
 
 
 def test_a_job_kinds_command_line_carries_its_params_profile_run_dir_and_resume():
-    job = {"params": {"max_steps": 4, "lora_rank": 8, "dry_run": False, "note": None},
+    # Keys outside the kind's schema (a job stored by an older daemon) never become flags.
+    job = {"params": {"max_steps": 4, "mode": "plain", "run": "/tmp/x", "stop_at_step": None},
            "profile": "tiny-test", "run_dir": "/state/jobs/7", "resume": True}
     argv = job_kind("train").command(job, python="py")
-    assert argv == ["py", "-m", "engine.training.run", "--profile", "tiny-test",
-                    "--run-dir", "/state/jobs/7", "--max-steps", "4", "--lora-rank", "8",
+    assert argv == ["py", "-m", "engine.training.run", "--profile=tiny-test",
+                    "--run-dir=/state/jobs/7", "--max-steps=4", "--mode=plain",
                     "--resume", "--progress-jsonl"]
     fresh = job_kind("selftest").command(dict(job, resume=False))
     assert fresh[:3] == [sys.executable, "-m", "daemon.selftest_job"]

@@ -32,7 +32,7 @@ def setup(tmp_path: Path):
 
 
 def submit(store: JobStore, heavy: bool = False) -> int:
-    job, _ = store.submit("selftest", "tiny-test", {"heavy": heavy}, None, 64)
+    job, _ = store.submit("selftest-heavy" if heavy else "selftest", "tiny-test", {}, None, 64)
     return job["id"]
 
 
