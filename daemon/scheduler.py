@@ -19,7 +19,6 @@ This module knows nothing of sockets or requests.
 
 from __future__ import annotations
 
-import errno
 import logging
 import sqlite3
 import time
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 from daemon.events import STATUS_TOPIC
 from daemon.jobs import FINAL_STATES, JobLog, JobStore, job_kind
 from daemon.workers import JobProcess, Post, kill_leftover_group
-from engine.errors import HyperlexError
+from engine.errors import HyperlexError, disk_full
 
 log = logging.getLogger("hyperlexd")
 Publish = Callable[[str, dict[str, Any]], None]
@@ -55,13 +54,6 @@ Runner = Callable[[int, list[str], Path, Post], Process]
 
 def stamp() -> str:
     return time.strftime("%F %T")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A full disk (or quota), from the file system or from SQLite: a passing condition."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
 class JobScheduler:
@@ -179,7 +171,7 @@ class JobScheduler:
         try:
             return self._start_or_raise(job)
         except Exception as exc:
-            if is_disk_full(exc) and job["id"] not in self.running:
+            if disk_full(exc) is not None and job["id"] not in self.running:
                 # Nothing started and nothing is wrong with the job: it waits for space.
                 log.warning("job %s stays queued: %s", job["id"], exc)
                 return False
