@@ -64,7 +64,11 @@ class Tmux:
         screen = ""
         while time.monotonic() < deadline:
             screen = self.screen()
-            if any(text in screen for text in texts):
+            # A notification wraps inside its toast (how narrow depends on Textual's version):
+            # its lines, joined, are read as one text too.
+            toast = " ".join(line.split("\u258c", 1)[1].strip() for line in screen.splitlines()
+                             if "\u258c" in line)
+            if any(text in screen or text in toast for text in texts):
                 return screen
             time.sleep(0.2)
         raise AssertionError(f"none of {texts} on screen after {timeout:.0f} s:\n{screen}")
