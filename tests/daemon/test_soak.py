@@ -204,11 +204,16 @@ def _soak(home: Path, duration_s: float) -> None:
             if not stuck:
                 break
             time.sleep(0.5)
-        states = Counter(client.job_get(i)["job"]["state"] for i in job_ids)
+        jobs = [client.job_get(i)["job"] for i in job_ids]
+        states = Counter(job["state"] for job in jobs)
+        # Why jobs failed: a selftest job whose checkpoint write met the full disk exits non-zero.
+        failures = Counter((job["error"] or "")[:120] for job in jobs if job["state"] == "failed")
         status = client.status()
     peak = max(rss) if rss else 0.0
     print(f"\nsoak: {ran_s:.0f} s, disk filled {cycles} time(s), {len(job_ids)} jobs {dict(states)}")
     print(f"soak: outcomes {dict(sorted(tally.outcomes.items()))}")
+    for error, count in failures.most_common(3):
+        print(f"soak: {count} job(s) failed: {error}")
     print(f"soak: daemon RSS {baseline:.0f} MB after warm-up, peak {peak:.0f} MB "
           f"(bound {baseline + RSS_GROWTH_BOUND_MB:.0f} MB)")
     print(f"soak: daemon counters {status['counters']}")
