@@ -127,3 +127,23 @@ def client(daemon):
         yield c
 
 
+
+
+@pytest.fixture
+def make_daemon():
+    """A factory of in-process daemons with a fake job runner (tests/daemon/fakes.py):
+    `make_daemon(runner=None, **settings)`, heartbeats every 0.2 s; all closed afterwards."""
+    from daemon.server import DaemonSettings
+    from tests.daemon.fakes import FakeRunner, InProcessDaemon
+
+    made: list[InProcessDaemon] = []
+
+    def make(runner: FakeRunner | None = None, **overrides: object) -> InProcessDaemon:
+        settings = DaemonSettings(**{"heartbeat_s": 0.2, "keep_alive_s": 30.0, **overrides})
+        daemon = InProcessDaemon(settings, runner or FakeRunner())
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()

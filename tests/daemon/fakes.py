@@ -103,3 +103,19 @@ class InProcessDaemon:
             self.thread.join(timeout=5)
         self.client.close()
         assert not self.thread.is_alive(), "the in-process daemon did not stop"
+
+
+def free_port_pair() -> int:
+    """A loopback port P with P + 1 free too: a TCP daemon binds requests on P, events on P + 1."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two consecutive free ports")

@@ -11,26 +11,7 @@ import time
 
 import pytest
 
-from daemon.server import DaemonSettings
 from tests.daemon.fakes import FakeRunner, InProcessDaemon
-
-
-def settings(**overrides: object) -> DaemonSettings:
-    return DaemonSettings(**{"heartbeat_s": 0.2, "keep_alive_s": 30.0, **overrides})
-
-
-@pytest.fixture
-def make_daemon():
-    made: list[InProcessDaemon] = []
-
-    def make(runner: FakeRunner | None = None, **overrides: object) -> InProcessDaemon:
-        daemon = InProcessDaemon(settings(**overrides), runner or FakeRunner())
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
 
 
 def event_data(daemon: InProcessDaemon, prefix: str) -> list[dict]:

@@ -107,13 +107,18 @@ def _send_and_classify(sock: zmq.Socket, frames: list[bytes], session: proto.Ses
     return "error:" + reply.content["error"]["type"]
 
 
-def test_fuzz_ten_thousand_messages(daemon):
+def _dealer() -> tuple[proto.Session, zmq.Context, zmq.Socket]:
+    """A signing session and a raw DEALER socket on the running daemon's request endpoint."""
     info = read_connection_file()
-    session = proto.Session(info.key_bytes)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(info.request)
+    return proto.Session(info.key_bytes), ctx, sock
+
+
+def test_fuzz_ten_thousand_messages(daemon):
+    session, ctx, sock = _dealer()
     outcomes: Counter[str] = Counter()
     by_mutation: Counter[str] = Counter()
     sent: list[list[bytes]] = []
@@ -145,7 +150,7 @@ def test_fuzz_ten_thousand_messages(daemon):
     for _ in range(20):
         big = ctx.socket(zmq.DEALER)
         big.setsockopt(zmq.LINGER, 0)
-        big.connect(info.request)
+        big.connect(read_connection_file().request)
         _, frames = session.request("status_request", {"pad": "x" * (proto.MAX_FRAME_BYTES + 1)})
         big.send_multipart(frames)
         dropped += 0 if big.poll(300) else 1
@@ -221,12 +226,7 @@ def _nested(depth: int) -> bytes:
 
 
 def test_fuzz_hostile_values_and_shapes(daemon):
-    info = read_connection_file()
-    session = proto.Session(info.key_bytes)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(info.request)
+    session, ctx, sock = _dealer()
     outcomes: Counter[str] = Counter()
     sent = 0
 

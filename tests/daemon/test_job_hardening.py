@@ -27,28 +27,9 @@ from daemon.client import DaemonError
 from daemon.connection import read_connection_file
 from daemon.jobs import FINAL_STATES, JOB_KINDS, JobStore
 from daemon.scheduler import JobScheduler
-from daemon.server import DaemonSettings
 from daemon.workers import JobProcess
 from engine.paths import dirs
-from tests.daemon.fakes import FakeRunner, InProcessDaemon
-
-
-def settings(**overrides: object) -> DaemonSettings:
-    return DaemonSettings(**{"heartbeat_s": 0.2, "keep_alive_s": 30.0, **overrides})
-
-
-@pytest.fixture
-def make_daemon():
-    made: list[InProcessDaemon] = []
-
-    def make(runner: FakeRunner | None = None, **overrides: object) -> InProcessDaemon:
-        daemon = InProcessDaemon(settings(**overrides), runner or FakeRunner())
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
+from tests.daemon.fakes import FakeRunner
 
 
 def error_of(reply: dict) -> dict:

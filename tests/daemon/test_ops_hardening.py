@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from engine.errors import ConfigError
 from engine.paths import Dirs, dirs, private_runtime_dir
 from engine.testing.fake_backend import fake_opener
 from tests.daemon.conftest import DaemonProcess
-from tests.daemon.fakes import FakeRunner, InProcessDaemon
+from tests.daemon.fakes import FakeRunner, InProcessDaemon, free_port_pair
 
 SELFTEST = {"max_steps": 2, "step_time": 0.01}
 
@@ -290,22 +289,8 @@ def test_a_runtime_dir_of_another_user_is_refused(tmp_path):
 
 # --- 10: plain TCP ----------------------------------------------------------------------------------
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 def test_no_curve_on_loopback_is_refused_without_the_insecure_flag(start_daemon):
-    port = _free_port_pair()
+    port = free_port_pair()
     refused = start_daemon("--bind", f"tcp://127.0.0.1:{port}", "--no-curve", wait=False)
     assert refused.proc.wait(timeout=30) == 1
     assert "any local user could connect" in refused.output()

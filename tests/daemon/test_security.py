@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import stat
 
 import pytest
@@ -17,19 +16,7 @@ from daemon.connection import (
     read_connection_file,
 )
 from engine.paths import dirs
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
+from tests.daemon.fakes import free_port_pair
 
 
 def test_wrong_hmac_key_is_rejected(daemon):
@@ -48,7 +35,7 @@ def test_non_loopback_tcp_without_curve_is_refused(start_daemon):
 
 
 def test_curve_tcp_allows_only_listed_keys(start_daemon, tmp_path):
-    port = _free_port_pair()
+    port = free_port_pair()
     daemon = start_daemon("--bind", f"tcp://127.0.0.1:{port}")
     info = read_connection_file()
     assert info.request == f"tcp://127.0.0.1:{port}" and info.curve_server_key
