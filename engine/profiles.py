@@ -164,6 +164,8 @@ class DaemonSection:
     max_queue: int = _knob(64, minimum=1)
     heavy_jobs: int = _knob(1, minimum=1)
     resume_interrupted: bool = True
+    # Directories a remote (TCP) client's job paths must lie under; empty: the state and cache dirs.
+    path_roots: list[str] = _knob([])
 
 
 @dataclass

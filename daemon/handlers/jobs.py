@@ -30,8 +30,9 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
         params["adapter"] = resolve_adapter(server, params["adapter"])["path"]
     roots = path_roots(server) if is_remote(server) else None
     check_paths(kind, params, server.store.jobs_dir / "new", roots)
-    if roots is not None and ("/" in profile or profile.endswith(".toml")):
-        # A profile may be a .toml path: for a remote client it is a path like any other.
+    if roots is not None and req.profile and ("/" in profile or profile.endswith(".toml")):
+        # A profile the client names may be a .toml path: for a remote client it is a path
+        # like any other (the daemon's own profile is the operator's choice, not checked).
         check_paths(PROFILE_PATH, {"profile": profile}, server.store.jobs_dir / "new", roots)
     kind.command({"params": {}, "profile": profile, "run_dir": "", "resume": False})
     job, created = server.store.submit(req.kind, profile, dict(params), req.request_id,
@@ -46,7 +47,7 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
 
 
 # The `profile` field of a request, checked as a path that is read (it is not a param).
-PROFILE_PATH = JobKind("job", "", heavy=False, argv=lambda spec: [],
+PROFILE_PATH = JobKind("profile", "", heavy=False, argv=lambda spec: [],
                        params={"profile": Param(str, "profile .toml", path="input")})
 
 
@@ -82,6 +83,7 @@ def check_paths(kind: JobKind, params: dict[str, Any], run_dir: Path,
     Raises:
         BadRequest: naming the param, the resolved path and the rule.
     """
+    what = "the request's field" if kind is PROFILE_PATH else f"{kind.name} job param"
     for name, param in kind.params.items():
         if param.path is None or not isinstance(params.get(name), str):
             continue
@@ -90,14 +92,14 @@ def check_paths(kind: JobKind, params: dict[str, Any], run_dir: Path,
             resolved = (given if given.is_absolute() else run_dir / given).resolve()
             if roots is not None and not any(resolved.is_relative_to(r) for r in roots):
                 raise api.BadRequest(
-                    f"{kind.name} job param {name!r}: {resolved} is outside the paths a "
-                    f"remote client may use ({', '.join(map(str, roots))})",
+                    f"{what} {name!r}: {resolved} is outside the paths a remote client"
+                    f" may use ({', '.join(map(str, roots))})",
                     hint="put the file under one of them, or add a root to the profile's "
                          "[daemon] path_roots")
             inside_run_dir = not given.is_absolute() and resolved.is_relative_to(run_dir)
             if param.path == "output" and not inside_run_dir and os.path.lexists(resolved):
                 raise api.BadRequest(
-                    f"{kind.name} job param {name!r}: {resolved} exists already; a job "
+                    f"{what} {name!r}: {resolved} exists already; a job "
                     "never overwrites a file outside its run dir",
                     hint="choose a new path, or leave it out to write into the run dir")
 

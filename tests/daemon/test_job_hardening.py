@@ -14,7 +14,6 @@ import importlib
 import json
 import os
 import queue
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from daemon.jobs import FINAL_STATES, JOB_KINDS, JobStore
 from daemon.scheduler import JobScheduler
 from daemon.workers import JobProcess
 from engine.paths import dirs
-from tests.daemon.fakes import FakeRunner
+from tests.daemon.fakes import FakeRunner, free_port_pair
 
 
 def error_of(reply: dict) -> dict:
@@ -361,21 +360,8 @@ def test_a_local_client_may_name_any_input(make_daemon, tmp_path):
     assert daemon.call("job_submit", kind="scenes", params={"input": str(outside)})["created"]
 
 
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))  # the event socket takes the next port
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
 def test_a_remote_client_paths_must_resolve_under_the_roots(start_daemon, tmp_path):
-    daemon = start_daemon("--bind", f"tcp://127.0.0.1:{_free_port()}",
+    daemon = start_daemon("--bind", f"tcp://127.0.0.1:{free_port_pair()}",
                           env={"HYPERLEX_DAEMON_LIGHT_JOBS": "0"})  # nothing runs
     state = dirs().state.resolve()
     outside = tmp_path / "secret.txt"
@@ -401,6 +387,28 @@ def test_a_remote_client_paths_must_resolve_under_the_roots(start_daemon, tmp_pa
             client.job_submit("scenes", {"input": str(inside)}, profile=str(outside))
         assert client.job_submit("scenes", {"input": str(inside)})["created"]
         assert client.job_submit("scenes", {"input": "scene.txt"})["created"]  # the run dir's
+
+
+def test_a_profiles_path_roots_are_the_roots_a_remote_client_may_use(start_daemon, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "poems.txt").write_text("a poem")
+    profile = tmp_path / "roots.toml"
+    profile.write_text(f'name = "roots"\nextends = "tiny-test"\n[daemon]\n'
+                       f'path_roots = ["{corpus}"]\n')
+    daemon = start_daemon("--profile", str(profile), "--bind",
+                          f"tcp://127.0.0.1:{free_port_pair()}",
+                          env={"HYPERLEX_DAEMON_LIGHT_JOBS": "0"})
+    state_file = dirs().state / "texts.txt"
+    state_file.write_text("in the state dir, not a root now")
+    with daemon.client() as client:
+        # The daemon's own profile is a path outside the roots: the operator's, not checked.
+        assert client.job_submit("scenes", {"input": str(corpus / "poems.txt")})["created"]
+        with pytest.raises(DaemonError, match=f"outside the paths .*{corpus}"):
+            client.job_submit("scenes", {"input": str(state_file)})
+        with pytest.raises(DaemonError, match="the request's field 'profile'"):
+            client.job_submit("scenes", {"input": str(corpus / "poems.txt")},
+                              profile=str(profile))
 
 
 # --- 7. caps are the daemon's -------------------------------------------------------------------
