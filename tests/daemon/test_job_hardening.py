@@ -422,6 +422,27 @@ def test_a_remote_client_paths_must_resolve_under_the_roots(start_daemon, tmp_pa
         assert client.job_submit("scenes", {"input": "scene.txt"})["created"]  # the run dir's
 
 
+def test_a_remote_clients_chat_adapter_must_lie_under_the_roots(start_daemon, tmp_path):
+    # Before, a remote chat could name any dir as its adapter: the daemon loaded it, and
+    # "does not exist" against any other answer told the client which paths exist.
+    daemon = start_daemon("--bind", f"tcp://127.0.0.1:{_free_port()}",
+                          env={"HYPERLEX_DAEMON_LIGHT_JOBS": "0"})
+    outside = tmp_path / "peft-adapter"
+    outside.mkdir()
+    state = dirs().state.resolve()
+    link = state / "adapter-link"
+    link.symlink_to(outside)
+    with daemon.client() as client:
+        for spec in (str(outside), str(tmp_path / "missing"), str(link), "/etc"):
+            with pytest.raises(DaemonError, match="is outside the paths a remote client") \
+                    as refused:
+                client.chat("hi", adapter=spec, max_tokens=1)
+            assert refused.value.type == "BadRequest" and "does not exist" not in \
+                refused.value.message
+        with pytest.raises(DaemonError, match="does not exist"):  # inside: the usual answer
+            client.chat("hi", adapter=str(state / "no-such-adapter"), max_tokens=1)
+
+
 # --- 7. caps are the daemon's -------------------------------------------------------------------
 
 def test_two_heavy_jobs_never_run_at_once_whatever_the_client_asks(make_daemon):
