@@ -16,6 +16,7 @@ from daemon.connection import read_connection_file
 from daemon.dispatch import Dispatcher
 from daemon.events import EventHistory
 from daemon.inbox import Inbox
+from engine.paths import dirs
 
 TEST_HOOKS = {"HYPERLEX_DAEMON_TEST_HOOKS": "1"}
 
@@ -66,6 +67,11 @@ def _error(reply: dict) -> tuple[str, str]:
     (api.JobIdRequest, {"id": 2**63}, "id"),
     (api.JobIdRequest, {"id": -2**63 - 1}, "id"),
     (api.ChatRequest, {"prompt": "hi", "seed": 10**30}, "seed"),
+    (api.ChatRequest, {"prompt": "hi", "temperature": float("nan")}, "temperature"),
+    (api.JobSubmitRequest, {"kind": "selftest", "params": {"step_time": float("inf")}},
+     "params.step_time"),
+    (api.AbRatingRequest, {"prompt": "p", "answers": ["a", "b"], "rating": float("-inf")},
+     "rating"),
 ])
 def test_unsafe_strings_and_oversized_ints_are_bad_requests_naming_the_field(
         request_type, content, field):
@@ -92,6 +98,11 @@ def test_hostile_requests_get_bad_request_and_the_daemon_serves_on(daemon):
         header = dict(raw.session.header("job_get_request"), msg_id="x\ud800")
         kind, _ = _error(raw.send(raw.session.serialize(header, {"id": 2**64})))
         assert kind == "BadRequest"
+        # Before: accepted, and the NaN written into ab_ratings.jsonl as a bare NaN.
+        kind, message = _error(raw.request("ab_rating", {"prompt": "p", "answers": ["a", "b"],
+                                                         "rating": 1, "note": float("nan")}))
+        assert (kind, message) == ("BadRequest", "field 'note' is not a finite number")
+        assert not (dirs().state / "ab_ratings.jsonl").exists()
         assert raw.request("job_submit", {"kind": "selftest", "params": {"max_steps": 2}})[
             "status"] == "ok"
         assert "while reading" not in daemon.output() and "Traceback" not in daemon.output()
