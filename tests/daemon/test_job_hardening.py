@@ -179,6 +179,31 @@ def test_deeply_nested_json_on_stdout_still_ends_the_job(tmp_path):
     assert ("event", 7, {"event": "done", "ok": True}) in items  # later lines still read
 
 
+def test_a_job_line_without_end_is_read_in_bounded_memory(tmp_path):
+    # Before, the reader held the whole line (and its decoded copy): 2 x 64 MiB here.
+    import tracemalloc
+
+    script = ("import json, sys\n"
+              "sys.stdout.write('{\"event\": \"step\", \"x\": \"' + 'y' * (64 << 20))\n"
+              "sys.stdout.write('\\n'); sys.stdout.flush()\n"
+              "print(json.dumps({'event': 'done', 'ok': True}), flush=True)\n")
+    posted: queue.Queue = queue.Queue()
+    tracemalloc.start()
+    try:
+        JobProcess(8, [sys.executable, "-c", script], tmp_path, posted.put)
+        items = []
+        while not items or items[-1][0] != "exit":
+            items.append(posted.get(timeout=60))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert items[-1] == ("exit", 8, 0)
+    lines = [payload for kind, _, payload in items if kind == "line"]
+    assert len(lines) == 1 and lines[0].endswith(f"... ({(64 << 20) + 24} characters)")
+    assert ("event", 8, {"event": "done", "ok": True}) in items  # the next line is whole
+    assert peak < 48 * 2**20, f"the reader held {peak / 2**20:.0f} MiB"
+
+
 # --- 3. final states that cannot be saved are retried -------------------------------------------
 
 class FullDiskStore(JobStore):
