@@ -10,7 +10,7 @@ multipart message only once all of it has arrived and no option caps its frame c
 message of many frames (each under `MAX_FRAME_BYTES`) is held whole by ZeroMQ before the first
 frame can be read; that is the exception, open only to a peer that can connect at all (the same
 user on ipc, a CURVE-authorised key on TCP). Frames past `MAX_FRAMES` are then dropped without a
-copy, and after an oversized message the freed memory is handed back to the system
+copy, and after an oversized message freed memory is handed back to the system
 (`_give_back_freed_memory`) rather than kept by the allocator. Each peer's queue holds at most
 `REQUEST_HWM` messages (ZeroMQ then stops reading that peer). Events: ZeroMQ counts messages, not
 bytes, so an event whose frames exceed `event_max_bytes` is not sent (subscribers see a gap and
