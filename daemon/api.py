@@ -8,8 +8,8 @@ stale).
 
 A request's content is validated into its dataclass by `parse`: a missing required field or a
 field of the wrong type is a `BadRequest` naming the field, and so is, anywhere inside a field, a
-string with a NUL byte or a lone surrogate (neither survives a command line, a path or UTF-8) or
-an integer outside the signed 64-bit range (SQLite's); fields the dataclass does not know are
+string with a NUL byte or a lone surrogate (neither survives a command line, a path or UTF-8),
+an integer outside the signed 64-bit range (SQLite's) or a NaN or infinite number; fields the dataclass does not know are
 ignored (older and newer clients may send more). A handler returns its reply dataclass and
 `Reply.content()` is the one shape that goes on the wire.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 import re
 import sys
 import types
@@ -520,6 +521,12 @@ def _check_values(name: str, value: Any) -> None:
             if not INT_MIN <= item <= INT_MAX:
                 raise BadRequest(f"field '{where}' is outside the signed 64-bit range",
                                  hint=f"integers go from {INT_MIN} to {INT_MAX}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            # Python's JSON reader takes NaN and Infinity; nothing downstream should: a NaN
+            # temperature reaches the sampler, and one in a rating is written into a file
+            # that strict JSON readers then refuse.
+            raise BadRequest(f"field '{where}' is not a finite number",
+                             hint="JSON has no NaN or Infinity: send a finite number")
         elif isinstance(item, dict):
             for key, child in item.items():
                 label = f"{where}.{_safe_label(key)}"

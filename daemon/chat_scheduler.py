@@ -338,7 +338,14 @@ class ChatScheduler:
             self._finish(chat, "cancelled", len(pieces), "".join(pieces),
                          time.monotonic() - started, **report)
         except Exception as exc:  # the daemon reports every failure as an event, never dies
-            log.exception("chat %s failed", chat.chat_id)
+            if isinstance(exc, HyperlexError):
+                # A failure the engine explains (a message longer than the context, an adapter
+                # that does not exist) is usually the request's: one line, not a traceback a
+                # client could make the daemon write at every chat.
+                log.warning("chat %s failed: %s: %s", chat.chat_id, type(exc).__name__,
+                            exc.message[:300])
+            else:
+                log.exception("chat %s failed", chat.chat_id)
             self._publish(chat.topic, {"event": "error", "type": type(exc).__name__,
                                        "message": getattr(exc, "message", str(exc)),
                                        **({"hint": exc.hint} if getattr(exc, "hint", None)

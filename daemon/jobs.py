@@ -68,6 +68,9 @@ class JobNotFoundError(HyperlexError):
 
 # Flags the daemon sets on every job's command line itself; a client never chooses them.
 DAEMON_FLAGS = ("profile", "run_dir", "resume")
+# A JSON column that cannot be read (a row written by hand, a torn write) reads as
+# `{UNREADABLE: <its text, cut short>}`, so listing the queue still works and the job shows why.
+UNREADABLE = "unreadable_json"
 PATH_USES = ("input", "output", "update")
 
 
@@ -159,7 +162,13 @@ class JobKind:
         Only the schema's params become flags (a stored job from an older daemon may hold
         others): the daemon's `--run-dir` and `--resume` cannot be overridden.
         """
-        params = {k: v for k, v in job["params"].items() if k in self.params}
+        stored = job["params"]
+        if not isinstance(stored, dict) or UNREADABLE in stored:
+            # Never run it with defaults in place of params that cannot be read.
+            raise HyperlexError(f"job {job.get('id')}'s stored params are not a JSON object: "
+                                f"{str(stored)[:80]}",
+                                hint="submit the job again with the params it should have")
+        params = {k: v for k, v in stored.items() if k in self.params}
         spec = dict(params, profile=job["profile"], run_dir=job["run_dir"],
                     resume=bool(job["resume"]))
         return [python, "-m", self.module, *self.argv(spec)]
@@ -261,12 +270,24 @@ def job_kind(name: str) -> JobKind:
 
 # --- the store ---------------------------------------------------------------------------------
 
+def _json_column(text: str) -> Any:
+    """A JSON column's value; one that is not JSON reads as `{UNREADABLE: text}`.
+
+    One such row must not make every `job_list` and `job_get` fail: it is shown as it is, and
+    `JobKind.command` refuses to start a job whose params read that way.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return {UNREADABLE: str(text)[:200]}
+
+
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
     job = dict(row)
     for key in ("params", "progress", "result"):
-        job[key] = json.loads(job[key]) if job[key] else ({} if key == "params" else None)
+        job[key] = _json_column(job[key]) if job[key] else ({} if key == "params" else None)
     job["resume"] = bool(job["resume"])
     job["heavy"] = bool(job["heavy"])
     return job

@@ -5,10 +5,14 @@ Every method is called from the daemon's loop thread only: ZeroMQ sockets are no
 between threads. This module knows the wire protocol and the connection files; nothing of
 requests, jobs or models.
 
-Memory is bounded in bytes on both sockets. Requests: a message is read frame by frame and
-frames past `MAX_FRAMES` are discarded as they arrive, and each peer's queue holds at most
-`REQUEST_HWM` messages (ZeroMQ then stops reading that peer), so what waits for the loop per
-peer is `REQUEST_HWM` x `MAX_FRAMES` x `MAX_FRAME_BYTES`. Events: ZeroMQ counts messages, not
+Memory is bounded in bytes on both sockets, with one exception. Requests: ZeroMQ hands over a
+multipart message only once all of it has arrived and no option caps its frame count, so one
+message of many frames (each under `MAX_FRAME_BYTES`) is held whole by ZeroMQ before the first
+frame can be read; that is the exception, open only to a peer that can connect at all (the same
+user on ipc, a CURVE-authorised key on TCP). Frames past `MAX_FRAMES` are then dropped without a
+copy, and after an oversized message freed memory is handed back to the system
+(`_give_back_freed_memory`) rather than kept by the allocator. Each peer's queue holds at most
+`REQUEST_HWM` messages (ZeroMQ then stops reading that peer). Events: ZeroMQ counts messages, not
 bytes, so an event whose frames exceed `event_max_bytes` is not sent (subscribers see a gap and
 fetch it from the history with a snapshot) and the PUB high-water mark is
 `event_buffer_bytes // event_max_bytes`: a subscriber that stops reading holds at most
@@ -29,9 +33,30 @@ from engine.errors import ConfigError
 from engine.paths import Dirs
 
 # Requests queued per peer before ZeroMQ stops reading it (backpressure, nothing is dropped).
-# A client waits for its replies, so 64 is far more than one ever has in flight; with
-# MAX_FRAMES x MAX_FRAME_BYTES it bounds a peer's backlog at 64 x 12 x 4 MiB.
+# A client waits for its replies, so 64 is far more than one ever has in flight; for messages
+# of at most MAX_FRAMES frames it bounds a peer's backlog at 64 x 12 x 4 MiB.
 REQUEST_HWM = 64
+# A refused message at least this big is followed by handing freed memory back to the system:
+# glibc keeps freed frames in its heap, and a 600 MiB message left the daemon's RSS 1 GB up.
+TRIM_AFTER_BYTES = 32 * 1024 * 1024
+
+
+def _give_back_freed_memory() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim); a no-op elsewhere."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: its allocator decides alone
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None  # glibc's malloc_trim, looked up once; False when there is none
 
 
 class Transport:
@@ -132,18 +157,24 @@ class Transport:
         """One waiting request's frames, or None when none waits.
 
         Read frame by frame: past `MAX_FRAMES + 1` frames the rest are received and discarded
-        without a copy (the protocol then refuses the message as BadFrames), so a message of
-        a thousand frames costs no more memory here than one of thirteen.
+        without a copy (the protocol then refuses the message as BadFrames). ZeroMQ held the
+        whole message already; when what was dropped is big, the memory is given back.
         """
         try:
             frame = self.router.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
         frames = [frame.bytes]
+        dropped = 0
         while frame.more:  # the rest of a message has arrived with its first frame
             frame = self.router.recv(copy=False)
             if len(frames) <= proto.MAX_FRAMES:
                 frames.append(frame.bytes)
+            else:
+                dropped += len(frame.buffer)
+        if dropped >= TRIM_AFTER_BYTES:
+            del frame
+            _give_back_freed_memory()
         return frames
 
     def send_reply(self, routing: list[bytes], parent: dict[str, Any],

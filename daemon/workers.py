@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,32 @@ from engine.paths import project_root
 Post = Callable[[tuple[str, int, Any]], None]
 MAX_LINE = 64 * 1024  # a plain output line longer than this is logged cut short
 MAX_SHOWN = 2000
+# A line of a job's output is read at most this far (a progress event with a large result fits);
+# the rest of a longer one is skipped, so a job printing without newlines cannot fill the daemon.
+MAX_READ = 16 * 1024 * 1024
+SKIP_READ = 1024 * 1024
+
+
+def bounded_lines(stream: Any, limit: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """Each line of `stream` as (its first `limit` bytes, its length in bytes without the
+    newline)."""
+    limit = limit or MAX_READ
+    while True:
+        line = stream.readline(limit)
+        if not line:
+            return
+        size, chunk, step = len(line), line, min(limit, SKIP_READ)
+        while len(chunk) == (limit if chunk is line else step) and not chunk.endswith(b"\n"):
+            chunk = stream.readline(step)  # cut short: the rest is skipped, a block at a time
+            size += len(chunk)
+        yield line, size - chunk.endswith(b"\n")
+
+
+def _shown(line: str, size: int) -> str:
+    """`line` as it is logged: whole, or cut short with its full length."""
+    if len(line) <= MAX_LINE and size <= MAX_LINE:
+        return line
+    return line[:MAX_SHOWN] + f"... ({max(size, len(line))} characters)"
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
@@ -81,8 +107,8 @@ class JobProcess:
         assert self.proc.stdout is not None
         rc: int | None = None
         try:
-            for raw in self.proc.stdout:
-                self._post_line(raw)
+            for raw, size in bounded_lines(self.proc.stdout):
+                self._post_line(raw, size)
         except Exception as exc:  # never let one line end the job's bookkeeping
             self.post(("line", self.job_id, f"[daemon] stopped reading the job's output: "
                                             f"{type(exc).__name__}: {exc}"[:MAX_SHOWN]))
@@ -95,23 +121,22 @@ class JobProcess:
             finally:
                 self.post(("exit", self.job_id, rc if rc is not None else -1))
 
-    def _post_line(self, raw: bytes) -> None:
+    def _post_line(self, raw: bytes, size: int) -> None:
+        cut = size > len(raw) - raw.endswith(b"\n")
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
-        event = parse_event(line)
+        event = None if cut else parse_event(line)
         if event is not None:
             self.post(("event", self.job_id, event))
         elif line:
             # A line that only looked like JSON (too deep to parse, say) is logged cut short.
-            self.post(("line", self.job_id, line if len(line) <= MAX_LINE else
-                       line[:MAX_SHOWN] + f"... ({len(line)} characters)"))
+            self.post(("line", self.job_id, _shown(line, size)))
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         try:
-            for raw in self.proc.stderr:
+            for raw, size in bounded_lines(self.proc.stderr):
                 line = raw.decode("utf-8", errors="replace").rstrip()
-                self.post(("line", self.job_id, line if len(line) <= MAX_LINE else
-                           line[:MAX_SHOWN] + f"... ({len(line)} characters)"))
+                self.post(("line", self.job_id, _shown(line, size)))
         except Exception:
             pass  # the job's exit is posted by the stdout reader whatever happens here
         finally:

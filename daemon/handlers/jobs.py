@@ -160,6 +160,17 @@ def resolve_adapter(server: Server, spec: str) -> dict[str, str]:
                                  "adapter", hint="use a succeeded train job")
         return {"name": f"job-{job['id']}", "path": adapter_dir}
     path = Path(spec).expanduser()
+    if is_remote(server):
+        # Checked before existence, so a remote client learns nothing of paths outside the
+        # roots (not even whether they exist) and loads nothing from there.
+        roots = path_roots(server)
+        resolved = path.resolve()
+        if ("/" in spec or resolved.exists()) and \
+                not any(resolved.is_relative_to(root) for root in roots):
+            raise api.BadRequest(
+                f"adapter {resolved} is outside the paths a remote client may use "
+                f"({', '.join(map(str, roots))})",
+                hint="use job:ID of a train job, or an adapter under one of them")
     if "/" in spec or path.exists():
         if not path.exists():
             raise api.BadRequest(f"adapter {spec} does not exist")

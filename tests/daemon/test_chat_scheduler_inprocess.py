@@ -411,3 +411,21 @@ def test_a_long_history_is_fitted_instead_of_overflowing(manager_factory, events
     done = events.wait_done("long")
     assert done["reason"] == "stop" and done["dropped_turns"] > 0
     assert len(backends[0].prompts[-1]) + 8 <= 300
+
+
+def test_a_chat_the_engine_refuses_is_logged_in_one_line_and_a_crash_with_its_traceback(
+        manager_factory, events, caplog):
+    # A client chose an adapter that does not exist: before, each such chat wrote a full
+    # traceback into the daemon's log (ERROR), as a crash does.
+    opener = RecordingOpener(failures=[RuntimeError("llama.cpp aborted")])
+    manager, _ = manager_factory(opener=opener)
+    with caplog.at_level("INFO", logger="hyperlexd.chat"):
+        manager.submit(chat("crash"))
+        events.wait_done("crash")
+        manager.submit(chat("bad", adapter={"name": "x", "path": "missing/adapter"}))
+        events.wait_done("bad")
+    failed = {r.getMessage().split()[1]: r for r in caplog.records if "failed" in r.getMessage()}
+    assert failed["bad"].levelname == "WARNING" and failed["bad"].exc_info is None
+    assert "ModelNotFoundError" in failed["bad"].getMessage()
+    assert "does not exist" in failed["bad"].getMessage()
+    assert failed["crash"].levelname == "ERROR" and failed["crash"].exc_info is not None

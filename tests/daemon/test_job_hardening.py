@@ -159,6 +159,31 @@ def test_deeply_nested_json_on_stdout_still_ends_the_job(tmp_path):
     assert ("event", 7, {"event": "done", "ok": True}) in items  # later lines still read
 
 
+def test_a_job_line_without_end_is_read_in_bounded_memory(tmp_path):
+    # Before, the reader held the whole line (and its decoded copy): 2 x 64 MiB here.
+    import tracemalloc
+
+    script = ("import json, sys\n"
+              "sys.stdout.write('{\"event\": \"step\", \"x\": \"' + 'y' * (64 << 20))\n"
+              "sys.stdout.write('\\n'); sys.stdout.flush()\n"
+              "print(json.dumps({'event': 'done', 'ok': True}), flush=True)\n")
+    posted: queue.Queue = queue.Queue()
+    tracemalloc.start()
+    try:
+        JobProcess(8, [sys.executable, "-c", script], tmp_path, posted.put)
+        items = []
+        while not items or items[-1][0] != "exit":
+            items.append(posted.get(timeout=60))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert items[-1] == ("exit", 8, 0)
+    lines = [payload for kind, _, payload in items if kind == "line"]
+    assert len(lines) == 1 and lines[0].endswith(f"... ({(64 << 20) + 24} characters)")
+    assert ("event", 8, {"event": "done", "ok": True}) in items  # the next line is whole
+    assert peak < 48 * 2**20, f"the reader held {peak / 2**20:.0f} MiB"
+
+
 # --- 3. final states that cannot be saved are retried -------------------------------------------
 
 class FullDiskStore(JobStore):
@@ -409,6 +434,27 @@ def test_a_profiles_path_roots_are_the_roots_a_remote_client_may_use(start_daemo
         with pytest.raises(DaemonError, match="the request's field 'profile'"):
             client.job_submit("scenes", {"input": str(corpus / "poems.txt")},
                               profile=str(profile))
+
+
+def test_a_remote_clients_chat_adapter_must_lie_under_the_roots(start_daemon, tmp_path):
+    # Before, a remote chat could name any dir as its adapter: the daemon loaded it, and
+    # "does not exist" against any other answer told the client which paths exist.
+    daemon = start_daemon("--bind", f"tcp://127.0.0.1:{free_port_pair()}",
+                          env={"HYPERLEX_DAEMON_LIGHT_JOBS": "0"})
+    outside = tmp_path / "peft-adapter"
+    outside.mkdir()
+    state = dirs().state.resolve()
+    link = state / "adapter-link"
+    link.symlink_to(outside)
+    with daemon.client() as client:
+        for spec in (str(outside), str(tmp_path / "missing"), str(link), "/etc"):
+            with pytest.raises(DaemonError, match="is outside the paths a remote client") \
+                    as refused:
+                client.chat("hi", adapter=spec, max_tokens=1)
+            assert refused.value.type == "BadRequest" and "does not exist" not in \
+                refused.value.message
+        with pytest.raises(DaemonError, match="does not exist"):  # inside: the usual answer
+            client.chat("hi", adapter=str(state / "no-such-adapter"), max_tokens=1)
 
 
 # --- 7. caps are the daemon's -------------------------------------------------------------------

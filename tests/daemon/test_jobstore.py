@@ -108,6 +108,21 @@ def test_update_round_trips_progress_and_result_as_json(store):
     assert got["result"] == {"adapter_dir": "runs/1"} and got["progress"] is None
 
 
+def test_a_row_whose_json_cannot_be_read_is_listed_and_never_started(store):
+    # A row written straight into jobs.sqlite3 (or torn) with params that are not JSON: before,
+    # every job_list and job_get answered InternalError JSONDecodeError with a traceback.
+    job, _ = submit(store, max_steps=2)
+    other, _ = submit(store, max_steps=1)
+    store.db.execute("UPDATE jobs SET params='{{{', progress='[' WHERE id=?", (job["id"],))
+    listed = {j["id"]: j for j in store.list()}
+    assert set(listed) == {job["id"], other["id"]}
+    bad = store.get(job["id"])
+    assert bad["params"] == {"unreadable_json": "{{{"} and bad["progress"] == {"unreadable_json": "["}
+    with pytest.raises(HyperlexError, match="stored params are not a JSON object"):
+        job_kind("selftest").command(bad)
+    job_kind("selftest").command(store.get(other["id"]))  # the other job still starts
+
+
 def test_get_of_an_unknown_job_says_so(store):
     with pytest.raises(JobNotFoundError) as err:
         store.get(404)
