@@ -257,6 +257,9 @@ def main() -> None:
                 except ProcessLookupError:
                     break
                 time.sleep(0.1)
+    from engine.machine import print_machine
+
+    print_machine()  # after the daemon is gone, so the probe cannot disturb any figure
 
 
 if __name__ == "__main__":

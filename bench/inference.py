@@ -407,6 +407,7 @@ def main() -> None:
 
     from engine.export.gguf_lora import export_gguf_lora
     from engine.inference.llamacpp import LlamaCppBackend
+    from engine.machine import describe_machine, machine_line
     from engine.models import gguf_path, hf_model_dir
     from engine.testing.lora import random_lora
 
@@ -435,15 +436,18 @@ def main() -> None:
             hypertoken_designs(args, base_gguf, model_dir, Path(work), threads, results,
                                details)
 
+    machine = describe_machine()  # after the timed parts, with the threads they ran with
     if args.json:
         print(json.dumps({"results": results, "switch_breakdown": breakdown,
-                          "hypertoken_details": details, "cpu": cpu_description()}, indent=2))
+                          "hypertoken_details": details, "cpu": cpu_description(),
+                          "machine": machine.as_dict()}, indent=2))
         return
     goals = {"b_backend_vs_direct_llama_cpp": 0.97, "c_switch_vs_reload": 10.0,
              "d_adapter_vs_none": 0.9}
     print(f"inference benchmark: {args.spec}, {args.tokens} greedy tokens, {threads} threads, "
           f"median of {args.repeats}")
     print(f"  CPU: {cpu_description()}")
+    print(machine_line(machine))
     for key, figures in results.items():
         detail = ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if k != "ratio")
         goal = goals.get(key)

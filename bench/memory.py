@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.machine import print_machine  # noqa: E402
 from engine.memory import MemoryConfig, SceneMemory  # noqa: E402
 from engine.paths import dirs  # noqa: E402
 
@@ -262,8 +263,9 @@ def main() -> None:
     print(f"goal on {big['vectors']:,}: recall@10 >= {GOAL_RECALL} at >= {GOAL_SPEEDUP:.0f}x "
           f"brute-force q/s -> recall {big['recall_at_10']:.3f} at {big['speedup']:.1f}x: "
           f"{'MET' if met else 'NOT MET'}  (bench took {time.perf_counter() - started:.0f} s)")
+    machine = print_machine()  # after the timed cases, so the probe cannot disturb them
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

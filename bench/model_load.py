@@ -46,6 +46,9 @@ def main() -> None:
           "  (includes importing the model class)")
     print(f"hyperlex  cached load (median of {args.repeats}):          {cached:8.2f} s")
     print(f"ratio     cold / cached: {cold / cached:.1f}x")
+    from engine.machine import print_machine
+
+    print_machine()  # after the timed loads, so the probe cannot disturb them
 
 
 if __name__ == "__main__":

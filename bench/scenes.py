@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.corpus.synth import generate_all  # noqa: E402
+from engine.machine import print_machine  # noqa: E402
 from engine.types import Document  # noqa: E402
 
 BLANK = re.compile(r"\n\s*\n")
@@ -152,6 +153,7 @@ def main() -> None:
         peak_rss(args.profile, int(args.mb))
     else:
         throughput(args.profile, args.mb, args.repeats)
+    print_machine()  # after the measured part, so the probe cannot disturb it
 
 
 if __name__ == "__main__":

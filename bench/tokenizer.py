@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
+    from engine.machine import print_machine
     from engine.models import load_tokenizer
     from engine.profiles import load_profile
     from engine.tokenizer import Hypertokenizer
@@ -67,6 +68,7 @@ def main() -> None:
         print(f"{label:>18}: baseline raw tokenizers {raw_rate / 1e6:7.2f} M chars/s | "
               f"Hypertokenizer {hyper_rate / 1e6:7.2f} M chars/s | "
               f"ratio {hyper_rate / raw_rate:.3f}")
+    print_machine()  # after the timed rounds, so the probe cannot disturb them
 
 
 if __name__ == "__main__":

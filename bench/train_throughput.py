@@ -232,6 +232,9 @@ def main() -> None:
           f"held-out loss {gap * 100:+.2f}% vs baseline (goal <= +2%)")
     # On a shared machine wall time depends on the neighbours; CPU time much less so.
     print(f"ratio per CPU-second  : {cpu_ratio:.2f}x (tokens per CPU-second of step time)")
+    from engine.machine import print_machine
+
+    print_machine()  # after both timed runs, so the probe cannot disturb them
     if args.skip_rss:
         return
     print("peak RSS of a hyperlex run (child process each):")
