@@ -96,8 +96,33 @@ class DiskFullError(HyperlexError):
     title = "disk full"
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 16:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc)
+    # Libraries with a native core (safetensors, tokenizers) raise their own errors carrying
+    # the OS error's text: "No space left on device (os error 28)", "kind: StorageFull".
+    text = str(exc)
+    return any(sign in text for sign in ("No space left on device", "os error 28",
+                                         "StorageFull", "Disk quota exceeded"))
+
+
 def disk_full(exc: BaseException, where: object = None) -> DiskFullError | None:
-    """`exc` as a DiskFullError when it is ENOSPC/EDQUOT or SQLite's "database or disk is full".
+    """`exc` as a DiskFullError when it, or what caused it, is a full disk: ENOSPC/EDQUOT,
+    SQLite's "database or disk is full", or a native library's error naming os error 28.
 
     Args:
         exc: any exception.
@@ -106,15 +131,9 @@ def disk_full(exc: BaseException, where: object = None) -> DiskFullError | None:
     Returns:
         The DiskFullError to report, or None when `exc` is something else.
     """
-    import errno
-    import sqlite3
-
-    if isinstance(exc, OSError):
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    else:
-        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
-    if not full:
+    cause = next((e for e in _chain(exc) if _is_disk_full(e)), None)
+    if cause is None:
         return None
     place = f" under {where}" if where is not None else ""
-    return DiskFullError(f"the disk{place} is full ({exc})",
-                         hint="free some space there; nothing already saved was lost")
+    return DiskFullError(f"the disk{place} is full ({cause})",
+                         hint="free some space there, then try again")

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from engine.errors import HyperlexError
+from engine.errors import HyperlexError, disk_full
 
 EXIT_OK = 0  # the work finished; the last event is `done`
 EXIT_ERROR = 1  # an error was reported (the last event is `error`); HyperlexError.exit_code
@@ -139,6 +139,9 @@ def run_job(parser: argparse.ArgumentParser, work: Work, argv: list[str] | None 
     except HyperlexError as error:
         return _report(events, error.to_dict(), f"error: {error}", error.exit_code, rank)
     except Exception as error:  # noqa: BLE001 - the envelope is the contract, whatever failed
+        full = disk_full(error, getattr(args, "run_dir", None))
+        if full is not None:  # not a bug: say so, with no traceback
+            return _report(events, full.to_dict(), f"error: {full}", full.exit_code, rank)
         traceback.print_exc(file=sys.stderr)
         envelope = {"type": type(error).__name__, "title": "unexpected error",
                     "message": str(error) or type(error).__name__,

@@ -96,6 +96,29 @@ def test_an_unexpected_exception_leaves_a_traceback_and_the_envelope(capsys):
     assert err.rstrip().splitlines()[-1].startswith("error: unexpected ZeroDivisionError")
 
 
+class SafetensorError(Exception):
+    """What safetensors raises: not an OSError, only the OS error's text."""
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+])
+def test_a_full_disk_is_named_without_a_traceback(capsys, failure):
+    def work(args, events):
+        try:
+            raise failure
+        except Exception as inner:
+            raise RuntimeError("saving the adapter failed") from inner  # the cause is found
+
+    assert run_job(counting_parser(), work, []) == EXIT_ERROR
+    out, err = capsys.readouterr()
+    event = lines_of(out)[0]
+    assert event["type"] == "DiskFullError" and "No space left" in event["message"]
+    assert "free some space" in event["hint"]
+    assert "Traceback" not in err and "error: the disk is full (" in err
+
+
 def test_finished_sets_the_exit_code_and_puts_its_note_after_the_done_event(capsys):
     def work(args, events):
         return Finished({"event": "done", "bad_lines": 1}, EXIT_BAD_INPUT, note="error: 1 bad")
