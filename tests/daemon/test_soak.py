@@ -14,7 +14,8 @@ At the end, with the disk free: no job is left `running` or `queued`, every requ
 under a stated bound. The figures are printed.
 
 `test_soak_short` (slow, in the README's test command) runs for `HYPERLEX_SOAK_S` seconds (90 by
-default); `test_soak_long` (soak) runs for 30 minutes. Both need root to mount the tmpfs and
+default); `test_soak_long` (slow and soak, so neither the README's test command nor `make test-fast`
+runs it) runs for 30 minutes. Both need root to mount the tmpfs and
 are skipped with the reason otherwise.
 """
 
@@ -234,6 +235,7 @@ def test_soak_short(small_disk_home):
     _soak(small_disk_home, float(os.environ.get("HYPERLEX_SOAK_S", "90")))
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_soak_long(small_disk_home):
     _soak(small_disk_home, 30 * 60.0)
