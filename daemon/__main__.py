@@ -3,6 +3,7 @@
     hyperlexd [--foreground] [--profile P] [--bind tcp://HOST:PORT] [--recover]
     hyperlexd --bind tcp://127.0.0.1:PORT --no-curve --insecure-loopback-for-tests
     hyperlexd --print-connection      # the running daemon's connection file, for SSH clients
+    hyperlexd --http 127.0.0.1:8000   # also serve the OpenAI-compatible HTTP gateway
 
 It is only the command line: serving and starting in the background live in daemon.launch,
 which front ends import. Every failure is one message naming its cause (the file, the address,
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recover", action="store_true",
                         help="move a corrupt job database aside (jobs.sqlite3.corrupt-TIME) "
                              "and start with an empty one")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="also serve the OpenAI-compatible HTTP gateway there (port 0: a "
+                             "free one; see <runtime>/http.json). Anything but loopback needs "
+                             "a key: `hyperlex http key new`")
     parser.add_argument("--print-connection", action="store_true",
                         help="print the running daemon's connection file and exit")
     args = parser.parse_args(argv)
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         serve(args.profile, args.bind, curve=not args.no_curve,
               log_to_stderr=not args.log_file_only, recover=args.recover,
-              insecure_loopback_for_tests=args.insecure_loopback_for_tests)
+              insecure_loopback_for_tests=args.insecure_loopback_for_tests, http=args.http)
         return 0
     except HyperlexError as exc:
         print(f"hyperlexd: {exc}", file=sys.stderr)

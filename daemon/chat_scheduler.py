@@ -24,6 +24,7 @@ engine.models, which resolves model specs to files. Knows nothing of sockets or 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -73,6 +74,13 @@ class Chat:
     topic: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"
+    # Where the chat's events go instead of the event bus (the HTTP gateway's stream), called
+    # on the chat thread with each event.
+    sink: Callable[[dict[str, Any]], None] | None = None
+    # Work on the loaded model instead of a chat turn: called on the chat thread as
+    # `work(backend, adapters, profile)`; what it returns (or raises) settles `result`.
+    work: Callable[[Any, Any, Any], Any] | None = None
+    result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
     def __post_init__(self) -> None:
         self.topic = f"chat.{self.chat_id}.token"
@@ -120,6 +128,7 @@ class ChatScheduler:
         self._backend_profile: Any = None
         self._loaded_name: str | None = None
         self.loads = 0
+        self.last_load_s: float | None = None  # seconds the last model load took
         self._last_used = time.monotonic()
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[Chat]] = OrderedDict()  # session -> its chats
@@ -187,6 +196,7 @@ class ChatScheduler:
                 loaded = str(getattr(self._backend, "model_file", self._loaded_name))
             return {"loaded": loaded, "profile": self.profile, "queued_chats": queued,
                     "keep_alive_s": self.keep_alive_s, "loads": self.loads,
+                    "last_load_s": self.last_load_s,
                     "backend": getattr(self._backend, "name", None),
                     # Same number across chats = the same model object: adapters switched
                     # without a reload.
@@ -283,13 +293,43 @@ class ChatScheduler:
             log.info("loading the model of profile %s", profile_name)
             from engine.inference.turn import LoadedAdapters
 
+            began = time.monotonic()
             self._backend, self._backend_profile = self._opener(profile_name)
             self._adapters = LoadedAdapters(self._backend)
             self._loaded_name = profile_name
             self.loads += 1
+            self.last_load_s = time.monotonic() - began
         return self._backend, self._backend_profile
 
+    def _emit(self, chat: Chat, data: dict[str, Any]) -> None:
+        """One event of a chat: to its sink when it has one, else on the event bus."""
+        if chat.sink is not None:
+            chat.sink(data)
+        else:
+            self._publish(chat.topic, data)
+
+    def _work(self, chat: Chat, profile_name: str) -> None:
+        """Run a chat's `work` on the loaded model, settling its `result`."""
+        chat.state = "running"
+        try:
+            backend, profile = self._load(profile_name)
+            if chat.cancelled.is_set():
+                raise ChatCancelled
+            value = chat.work(backend, self._adapters, profile)  # type: ignore[misc]
+        except BaseException as exc:  # handed to the waiting caller, never lost here
+            chat.result.set_exception(exc)
+        else:
+            chat.result.set_result(value)
+        finally:
+            chat.state = "done"
+            self._last_used = time.monotonic()
+            with self._cond:
+                self._chats.pop(chat.chat_id, None)
+
     def _generate(self, chat: Chat, profile_name: str) -> None:
+        if chat.work is not None:
+            self._work(chat, profile_name)
+            return
         from engine.inference.base import GenerationRequest
         from engine.inference.turn import ChatTurn
 
@@ -301,7 +341,7 @@ class ChatScheduler:
         def on_token(text: str) -> None:
             if chat.cancelled.is_set():
                 raise ChatCancelled
-            self._publish(chat.topic, {"event": "token", "index": len(pieces), "text": text})
+            self._emit(chat, {"event": "token", "index": len(pieces), "text": text})
             pieces.append(text)
 
         def on_start(decided: dict[str, Any]) -> None:
@@ -309,8 +349,8 @@ class ChatScheduler:
             report.update(decided)
             with self._cond:
                 self._active = decided["adapter"]
-            self._publish(chat.topic, {"event": "start", "chat_id": chat.chat_id,
-                                       "profile": profile_name, **decided})
+            self._emit(chat, {"event": "start", "chat_id": chat.chat_id,
+                              "profile": profile_name, **decided})
             started = time.monotonic()
             if chat.cancelled.is_set():
                 raise ChatCancelled
@@ -322,7 +362,9 @@ class ChatScheduler:
                 max_tokens=int(chat.options.get("max_tokens") or inference.max_tokens),
                 temperature=float(chat.options.get("temperature", inference.temperature)),
                 top_p=float(chat.options.get("top_p", inference.top_p)),
-                seed=int(chat.options.get("seed", inference.seed)))
+                seed=int(chat.options.get("seed", inference.seed)),
+                stop=list(chat.options.get("stop") or []),
+                json_schema=chat.options.get("json_schema"))
             router = self._router_for(chat, profile_name)
             history, message = chat.messages[:-1], chat.messages[-1]["content"]
             with self._rag_for(chat, profile_name) as rag:
@@ -333,7 +375,8 @@ class ChatScheduler:
             if result.finish_reason == "cancelled":
                 raise ChatCancelled
             self._finish(chat, result.finish_reason, len(pieces), "".join(pieces),
-                         time.monotonic() - started, **outcome.report())
+                         time.monotonic() - started, prompt_tokens=result.prompt_tokens,
+                         **outcome.report())
         except ChatCancelled:
             self._finish(chat, "cancelled", len(pieces), "".join(pieces),
                          time.monotonic() - started, **report)
@@ -346,10 +389,9 @@ class ChatScheduler:
                             exc.message[:300])
             else:
                 log.exception("chat %s failed", chat.chat_id)
-            self._publish(chat.topic, {"event": "error", "type": type(exc).__name__,
-                                       "message": getattr(exc, "message", str(exc)),
-                                       **({"hint": exc.hint} if getattr(exc, "hint", None)
-                                          else {})})
+            self._emit(chat, {"event": "error", "type": type(exc).__name__,
+                              "message": getattr(exc, "message", str(exc)),
+                              **({"hint": exc.hint} if getattr(exc, "hint", None) else {})})
             self._finish(chat, "error", len(pieces), "".join(pieces), time.monotonic() - started)
         finally:
             self._last_used = time.monotonic()
@@ -397,9 +439,12 @@ class ChatScheduler:
     def _finish(self, chat: Chat, reason: str, n_tokens: int, text: str, elapsed: float,
                 **report: Any) -> None:
         chat.state = "cancelled" if reason == "cancelled" else "done"
-        self._publish(chat.topic, {"event": "done", "reason": reason, "n_tokens": n_tokens,
-                                   "text": text, "elapsed_s": round(elapsed, 4),
-                                   "tokens_per_s": round(n_tokens / elapsed, 2) if elapsed else 0,
-                                   "adapter": report.pop("adapter", None), **report})
+        if chat.work is not None:  # a work item cancelled while queued
+            chat.result.cancel()
+        else:
+            self._emit(chat, {"event": "done", "reason": reason, "n_tokens": n_tokens,
+                              "text": text, "elapsed_s": round(elapsed, 4),
+                              "tokens_per_s": round(n_tokens / elapsed, 2) if elapsed else 0,
+                              "adapter": report.pop("adapter", None), **report})
         with self._cond:
             self._chats.pop(chat.chat_id, None)

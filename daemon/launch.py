@@ -53,7 +53,7 @@ def out_file_path() -> Path:
 
 def serve(profile: str, bind: str | None = None, curve: bool = True, *,
           log_to_stderr: bool = True, recover: bool = False,
-          insecure_loopback_for_tests: bool = False) -> None:
+          insecure_loopback_for_tests: bool = False, http: str | None = None) -> None:
     """Run hyperlexd in this process until it is stopped (`shutdown`, SIGTERM or SIGINT).
 
     Args:
@@ -63,6 +63,7 @@ def serve(profile: str, bind: str | None = None, curve: bool = True, *,
         log_to_stderr: also log to stderr (attached); a detached daemon logs to its file only.
         recover: move a corrupt job database aside and start with an empty one.
         insecure_loopback_for_tests: allow `curve=False` on a loopback address.
+        http: serve the HTTP gateway on HOST:PORT (None: as the profile's `[http]` says).
 
     Raises:
         HyperlexError: it could not start (another daemon holds the lock, a bad bind address,
@@ -75,7 +76,8 @@ def serve(profile: str, bind: str | None = None, curve: bool = True, *,
     _setup_logging(log_to_stderr)
     _tighten_state_dir()
     server = Server(ServerOptions(profile=profile, bind=bind, curve=curve, recover=recover,
-                                  insecure_loopback_for_tests=insecure_loopback_for_tests))
+                                  insecure_loopback_for_tests=insecure_loopback_for_tests,
+                                  http=http))
     try:
         server.start()
     except BaseException as exc:

@@ -140,6 +140,9 @@ class ServerOptions:
     job_runner: Runner | None = None
     recover: bool = False
     insecure_loopback_for_tests: bool = False
+    # The HTTP gateway's HOST:PORT (hyperlexd --http); None: the profile's [http] decides.
+    http: str | None = None
+    http_preload: bool = True        # load the chat model when the gateway starts
 
 
 class Server:
@@ -205,9 +208,24 @@ class Server:
                                    pid=os.getpid(), curve_server_key=server_key)
         self.connection_file = write_connection_file(self.info,
                                                      connection_file_path(self.dirs))
+        self.http = self._start_http()
         log.info("hyperlexd %s serving %s (events %s), pid %s, profile %s", __version__, request,
                  events, os.getpid(), self.profile)
         return self.info
+
+    def _start_http(self) -> Any:
+        """The HTTP gateway, when `--http` or the profile's `[http] enabled` asks for it."""
+        from daemon.http.settings import http_settings
+
+        settings = http_settings(self.profile, self.dirs, self.options.http)
+        if settings is None:
+            return None
+        from daemon.http.service import HttpService
+
+        service = HttpService(self, settings, preload=self.options.http_preload)
+        service.start()
+        log.info("HTTP gateway on %s", service.url)
+        return service
 
     @property
     def running(self) -> dict[int, Any]:
@@ -222,6 +240,8 @@ class Server:
         self.inbox.wake()
 
     def close(self) -> None:
+        if getattr(self, "http", None) is not None:
+            self.http.stop()
         if hasattr(self, "dispatcher"):
             self.dispatcher.close()
         if hasattr(self, "chats"):

@@ -169,6 +169,23 @@ class DaemonSection:
 
 
 @dataclass
+class HttpSection:
+    """The daemon's HTTP gateway (OpenAI-compatible); off unless enabled or `hyperlexd --http`."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1:8000"
+    # Files of sha256 hex digests of accepted keys, one a line; "": <state>/http/*.sha256.
+    keys_file: str = ""
+    admin_keys_file: str = ""
+    cors_origins: list[str] = _knob([])  # allow-listed origins; [] = no CORS
+    max_body_bytes: int = _knob(4 * 1024 * 1024, minimum=1024)
+    max_concurrent: int = _knob(16, minimum=1)
+    request_timeout_s: float = _knob(600.0, minimum=1.0)
+    # Directories adapters may be loaded from over HTTP; []: the daemon's state dir.
+    adapter_roots: list[str] = _knob([])
+
+
+@dataclass
 class Profile:
     """A whole, validated profile."""
 
@@ -185,6 +202,7 @@ class Profile:
     memory: MemorySection = field(default_factory=MemorySection)
     router: RouterSection = field(default_factory=RouterSection)
     daemon: DaemonSection = field(default_factory=DaemonSection)
+    http: HttpSection = field(default_factory=HttpSection)
     path: str | None = None  # the file it came from (not a TOML key)
 
     def to_dict(self) -> dict[str, Any]:

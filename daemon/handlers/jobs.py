@@ -28,7 +28,7 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
     profile = req.profile or server.profile
     if isinstance(params.get("adapter"), str) and JOB_REF.fullmatch(params["adapter"]):
         params["adapter"] = resolve_adapter(server, params["adapter"])["path"]
-    roots = path_roots(server) if is_remote(server) else None
+    roots = path_roots(server) if is_remote(server, msg) else None
     check_paths(kind, params, server.store.jobs_dir / "new", roots)
     if roots is not None and req.profile and ("/" in profile or profile.endswith(".toml")):
         # A profile the client names may be a .toml path: for a remote client it is a path
@@ -51,9 +51,12 @@ PROFILE_PATH = JobKind("profile", "", heavy=False, argv=lambda spec: [],
                        params={"profile": Param(str, "profile .toml", path="input")})
 
 
-def is_remote(server: Server) -> bool:
+def is_remote(server: Server, msg: Any = None) -> bool:
     """Requests over TCP come from another machine: the daemon's files are a boundary there.
-    Over ipc (or an SSH tunnel to it) a client holding the key is the same user."""
+    Over ipc (or an SSH tunnel to it) a client holding the key is the same user. Requests
+    the HTTP gateway makes for its clients are remote wherever it binds."""
+    if msg is not None and msg.header.get("via") == "http":
+        return True
     return (server.options.bind or "").startswith("tcp://")
 
 
@@ -148,7 +151,7 @@ def resume(server: Server, req: api.JobResumeRequest, msg: proto.Message) -> api
     return api.JobResumeReply(job=server.store.get(job["id"]), resume=again)
 
 
-def resolve_adapter(server: Server, spec: str) -> dict[str, str]:
+def resolve_adapter(server: Server, spec: str, msg: Any = None) -> dict[str, str]:
     """A chat's adapter: "job:ID" (a succeeded train job), a PEFT dir or GGUF LoRA path, or
     the name of an adapter already loaded. Returns `{name, path?}`."""
     match = JOB_REF.fullmatch(spec)
@@ -160,7 +163,7 @@ def resolve_adapter(server: Server, spec: str) -> dict[str, str]:
                                  "adapter", hint="use a succeeded train job")
         return {"name": f"job-{job['id']}", "path": adapter_dir}
     path = Path(spec).expanduser()
-    if is_remote(server):
+    if is_remote(server, msg):
         # Checked before existence, so a remote client learns nothing of paths outside the
         # roots (not even whether they exist) and loads nothing from there.
         roots = path_roots(server)

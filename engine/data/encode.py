@@ -125,6 +125,14 @@ class SampleEncoder:
         return Sample(input_ids=input_ids, labels=labels, register=sample.register,
                       doc=sample.doc, field_mask=field_mask, example_id=example_id)
 
+    def prompt_ids(self, sample: Formatted) -> list[int]:
+        """The ids a model is prompted with for `sample` (the chat frame up to the answer),
+        exactly as `encode` writes them before the answer; the prompt keeps its end if it
+        is longer than `max_seq_len`."""
+        prompt, _ = self._pieces(sample.prompt)
+        room = max(self.max_seq_len - len(self.before) - len(self.between), 1)
+        return self.before + prompt[-room:] + self.between
+
     def encode_all(self, samples: Iterable[Formatted], stats: EncodeStats | None = None
                    ) -> list[Sample]:
         """Encode many samples, skipping the ones with nothing to learn."""

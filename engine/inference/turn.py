@@ -156,6 +156,15 @@ class LoadedAdapters:
             self.paths[ref.name] = str(ref.path)
             self.loads += 1
 
+    def drop(self, name: str) -> bool:
+        """Unload adapter `name` from the backend, freeing its weights; False if not loaded."""
+        with self._lock:
+            if name not in self.paths and name not in self.backend.adapters:
+                return False
+            self.backend.unload_adapter(name)
+            self.paths.pop(name, None)
+            return True
+
 
 class UnavailableRouter:
     """Stands in for a router that cannot be had (none trained yet): every message goes to the
