@@ -217,7 +217,9 @@ def create_app(gateway: Gateway) -> Any:
     async def tokenize(body: s.TokenizeRequest, request: Request) -> s.TokenizeReply:
         """Text to the served model's token ids."""
         def work(backend: Any, adapters: Any, profile: Any) -> s.TokenizeReply:
-            ids = backend.tokenize(body.prompt, special=False) if not body.add_special_tokens \
+            # Special-token text (`</s>`) is read as that token, as HF tokenizers and vLLM do:
+            # lm-evaluation-harness takes the id of its EOS that way.
+            ids = backend.tokenize(body.prompt, special=True) if not body.add_special_tokens \
                 else _tokenize_with_bos(backend, body.prompt)
             return s.TokenizeReply(tokens=ids, count=len(ids), max_model_len=backend.n_ctx)
 
@@ -258,7 +260,7 @@ def create_app(gateway: Gateway) -> Any:
     async def scenes_search(body: s.SceneSearchRequest) -> s.SceneSearchReply:
         """The nearest scenes in a scene memory (FAISS), with their scores and fields."""
         reply = await run_in_threadpool(gateway.call, "memory_search", {
-            "query": body.query, "k": body.k, "register": body.register, "doc": body.doc,
+            "query": body.query, "k": body.k, "register": body.register_, "doc": body.doc,
             "memory": body.memory})
         return s.SceneSearchReply(hits=reply.get("hits", []), memory=reply.get("memory"),
                                   hint=reply.get("hint"))
@@ -552,9 +554,9 @@ def _vocab_size(backend: Any) -> int:
 
 def _tokenize_with_bos(backend: Any, text: str) -> list[int]:
     try:
-        return list(backend.tokenize(text, special=False, add_bos=True))
+        return list(backend.tokenize(text, special=True, add_bos=True))
     except TypeError:
-        return list(backend.tokenize(text, special=False))
+        return list(backend.tokenize(text, special=True))
 
 
 def _tokenizer_info(backend: Any, adapters: Any, profile: Any) -> s.TokenizerInfo:

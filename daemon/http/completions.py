@@ -57,9 +57,11 @@ def _vocab(backend: Any) -> int:
     return 2**31
 
 
-def _scored(backend: Any, ids: list[int], top: int) -> tuple[list[float | None],
-                                                              list[dict[str, float] | None]]:
-    """Each token's log-probability given those before it, and the `top` likeliest there."""
+def _scored(backend: Any, ids: list[int], top: int, *, with_next: bool = False
+            ) -> tuple[list[float | None], list[dict[str, float] | None], int | None]:
+    """Each token's log-probability given those before it, the `top` likeliest there, and
+    (`with_next`) the greedy next token, whose log-probability and alternatives end the lists.
+    """
     import torch
 
     try:
@@ -68,8 +70,14 @@ def _scored(backend: Any, ids: list[int], top: int) -> tuple[list[float | None],
         raise GatewayError(501, f"the {getattr(backend, 'name', 'served')} backend cannot give "
                            f"prompt log-probabilities ({exc.message})", kind="NotAvailableError",
                            hint="serve a GGUF (llamacpp) or transformers (hf) base") from None
-    table = torch.log_softmax(torch.as_tensor(np.asarray(logits))[:-1].float(), dim=-1)
-    targets = torch.as_tensor(ids[1:], dtype=torch.long)
+    table = torch.log_softmax(torch.as_tensor(np.asarray(logits)).float(), dim=-1)
+    following = list(ids[1:])
+    after = int(table[-1].argmax()) if with_next else None
+    if after is not None:
+        following.append(after)
+    else:
+        table = table[:-1]
+    targets = torch.as_tensor(following, dtype=torch.long)
     picked = table.gather(1, targets[:, None])[:, 0].tolist()
     tops: list[dict[str, float] | None] = [None]
     if top > 0:
@@ -81,7 +89,7 @@ def _scored(backend: Any, ids: list[int], top: int) -> tuple[list[float | None],
             tops.append(alternatives)
     else:
         tops += [{} for _ in picked]
-    return [None, *picked], tops
+    return [None, *picked], tops, after
 
 
 def _piece(backend: Any, token: int) -> str:
@@ -107,7 +115,15 @@ def _one(backend: Any, body: s.CompletionRequest, index: int, prompt: str | list
             f"model's window is {backend.n_ctx}", hint="shorten the prompt or max_tokens")
     generated: list[int] = []
     text, finish = "", "length"
-    if body.max_tokens > 0:
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    if body.max_tokens == 1 and not body.temperature and body.logprobs is not None:
+        # Scoring's usual shape (lm-evaluation-harness: echo, logprobs, one greedy token): the
+        # forward pass that scores the prompt also gives that token, EOS included, so the
+        # answer always holds exactly one token after the prompt.
+        values, tops, after = _scored(backend, ids, body.logprobs, with_next=True)
+        generated, text = [int(after)], _piece(backend, int(after))  # type: ignore[arg-type]
+    elif body.max_tokens > 0:
         request = GenerationRequest(
             prompt_ids=ids, max_tokens=body.max_tokens,
             temperature=0.0 if body.temperature is None else body.temperature,
@@ -120,8 +136,9 @@ def _one(backend: Any, body: s.CompletionRequest, index: int, prompt: str | list
     logprobs = None
     if body.logprobs is not None:
         shown = (ids if body.echo else []) + generated
+        if shown and not values:
+            values, tops, _ = _scored(backend, ids + generated, body.logprobs)
         if shown:
-            values, tops = _scored(backend, ids + generated, body.logprobs)
             skip = 0 if body.echo else len(ids)
             values, tops = values[skip:], tops[skip:]
             pieces = [_piece(backend, t) for t in shown]

@@ -98,7 +98,7 @@ def bridge_work(kind: str, body: Any, adapter: dict[str, Any] | None
         tokenizer = hypertokenizer_for(adapter["path"], profile)
         if kind == "encode":
             return bridge.encode(backend, tokenizer, profile, body.text, body.max_tokens)
-        return bridge.decode(backend, tokenizer, profile, body.scene.model_dump(),
+        return bridge.decode(backend, tokenizer, profile, body.scene.model_dump(by_alias=True),
                              body.max_tokens)
 
     return run

@@ -14,7 +14,7 @@ Text = Field(max_length=4 * 1024 * 1024)
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 class ErrorDetail(BaseModel):
@@ -219,7 +219,8 @@ class EmbeddingList(BaseModel):
 class SceneSearchRequest(_Request):
     query: str = Field(min_length=1, max_length=64 * 1024)
     k: int = Field(5, ge=1, le=1000)
-    register: str | list[str] | None = None
+    # `register` is a name pydantic's models have already: stored as register_
+    register_: str | list[str] | None = Field(None, alias="register")
     doc: str | list[str] | None = None
     memory: str = Field("default", max_length=128)
 
@@ -237,7 +238,7 @@ class BridgeEncodeRequest(_Request):
 
 
 class BridgeScene(_Request):
-    register: str | None = None
+    register_: str | None = Field(None, alias="register")
     fields: dict[str, Any] = {}
     markers: list[str] = []
 

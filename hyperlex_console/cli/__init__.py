@@ -14,7 +14,7 @@ from engine import __version__
 
 COMMAND_MODULES = [
     "model", "profile", "chat", "corpus", "scenes", "tokenizer", "train", "memory", "route",
-    "export", "demo", "daemon", "jobs", "keys", "doctor", "eval",
+    "export", "demo", "daemon", "jobs", "keys", "http", "doctor", "eval",
 ]
 
 
