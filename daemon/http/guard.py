@@ -9,8 +9,9 @@ only some path prefixes: here nothing is open unless it is named.
   stored digest (no early exit, so timing tells nothing of which digest nearly matched). A
   user key opens the API; an admin key opens it and the admin routes as well (the routes
   check `scope["hyperlex.role"]`).
-- Bodies: a declared `content-length` past the limit is answered 413 before reading; a
-  chunked body is counted as it arrives and cut at the limit with 413.
+- Bodies: a declared `content-length` past the limit is answered 413 before reading (the
+  server holds a body to its declared length); a chunked body is read here, counted as it
+  arrives, answered 413 at the limit, and handed on whole otherwise.
 - Concurrency: past `max_concurrent` requests in flight, 429 with `Retry-After`. Health
   checks are never refused for load.
 
@@ -58,10 +59,6 @@ def bearer(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" and token.strip() else None
     return None
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Guard:
@@ -140,29 +137,23 @@ class Guard:
                                headers=[(b"retry-after", b"1")])
             return
         self.in_flight += 1
-        received = 0
-        started = False
-
-        async def bounded_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise _TooLarge
-            return message
-
-        async def marking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, bounded_receive, marking_send)
-        except _TooLarge:
-            if not started:
-                await self._too_large(send)
+            if declared is None and _has_body(scope):
+                # A chunked body is read here, counted as it arrives, and handed on whole:
+                # routes parse bodies in code that turns any error into a 400.
+                body = bytearray()
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away while sending
+                    body += message.get("body", b"")
+                    if len(body) > self.max_body_bytes:
+                        await self._too_large(send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+                receive = _replay(bytes(body), receive)
+            await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -182,6 +173,24 @@ class Guard:
                                 (b"content-length", str(len(body)).encode()),
                                 *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in scope.get("headers", ()))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` whole first, then what the client sends (disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _content_length(scope: Scope) -> int | None:
