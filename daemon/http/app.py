@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daemon import __version__
 from daemon.http import schemas as s
@@ -41,11 +42,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "the request is not valid", 401: "no key, or a wrong one",
         404: "no such model or object", 413: "the body is too large",
         422: "a field is missing or wrong", 429: "too many requests at once; see Retry-After",
-        500: "the daemon failed", 501: "the served backend cannot do this",
+        500: "the daemon failed",
         503: "the daemon is stopping or the model is not ready",
         504: "the request ran past [http] request_timeout_s"}.items()}
 ADMIN_ERRORS = {**ERRORS, 403: {"model": s.ErrorBody, "description": "not an admin key"}}
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# Each server-sent event: `data` holds one chat.completion.chunk as JSON, an error object, or
+# `[DONE]` at the end.
+SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description":
+                            "a chat.completion.chunk (JSON), an {error} object, or [DONE]"},
+                   "event": {"type": "string"}}}}}
 
 
 def require_admin(request: Request) -> None:
@@ -87,6 +94,13 @@ def create_app(gateway: Gateway) -> Any:
     @app.exception_handler(HyperlexError)
     async def engine_error(request: Request, exc: HyperlexError) -> JSONResponse:
         return _error_response(as_gateway_error(type(exc).__name__, exc.message, exc.hint))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, a method not allowed) in the same
+        # error shape as every other answer.
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

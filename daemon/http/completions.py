@@ -9,7 +9,7 @@ scores the prompt alone.
 
 The log-probabilities come from one forward pass over prompt + generated tokens with the chosen
 adapter active (`Backend.logits(all_positions=True)`), the same numbers the engine's perplexity
-uses. A backend that cannot give them (an OpenAI-style server) answers 501, never a silent
+uses. A backend that cannot give them (an OpenAI-style server) answers 400, never a silent
 chance-level score. Knows the engine's Backend protocol and the gateway's schemas.
 """
 
@@ -67,7 +67,7 @@ def _scored(backend: Any, ids: list[int], top: int, *, with_next: bool = False
     try:
         logits = backend.logits(list(ids), all_positions=True)
     except NotAvailableError as exc:
-        raise GatewayError(501, f"the {getattr(backend, 'name', 'served')} backend cannot give "
+        raise GatewayError(400, f"the {getattr(backend, 'name', 'served')} backend cannot give "
                            f"prompt log-probabilities ({exc.message})", kind="NotAvailableError",
                            hint="serve a GGUF (llamacpp) or transformers (hf) base") from None
     table = torch.log_softmax(torch.as_tensor(np.asarray(logits)).float(), dim=-1)

@@ -64,7 +64,9 @@ class GatewayError(HyperlexError):
 STATUS_OF = {"BadRequest": 400, "ConfigError": 400, "DataError": 400,
              "ContextOverflowError": 400, "ModelFormatError": 400, "UnknownMemoryError": 404,
              "ModelNotFoundError": 404, "NotFound": 404, "JobNotFoundError": 404,
-             "NotAvailableError": 501, "MissingDependencyError": 501, "SidesError": 400,
+             # What the served backend cannot do is the request's problem (as vLLM answers),
+             # not a server failure: 400, with the hint saying which backend can.
+             "NotAvailableError": 400, "MissingDependencyError": 400, "SidesError": 400,
              "RemoteServerError": 502, "HyperlexError": 400,
              "ChatQueueFullError": 429, "Busy": 429, "BusyError": 429, "QueueFull": 429,
              "ShuttingDown": 503, "DiskFullError": 507}

@@ -318,11 +318,13 @@ class HFBackend:
         one seed gives one answer on any device."""
         import torch
 
-        if request.temperature == 0.0:
+        # Temperatures so small that logits / t overflows are greedy in all but name.
+        if request.temperature < 1e-4:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.cpu() / request.temperature, dim=-1)
+        probs = torch.softmax(logits.cpu().double() / request.temperature, dim=-1)
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < request.top_p
+        keep[0] = True  # the likeliest token always stays, however small top_p is
         kept = sorted_probs * keep
         choice = torch.multinomial(kept / kept.sum(), 1, generator=generator)
         return int(order[int(choice)])

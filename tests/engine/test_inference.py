@@ -300,3 +300,22 @@ def test_hf_adapters_unload_back_to_the_base_model(tiny):
     backend.unload_adapter("b")
     assert backend.adapters == []
     np.testing.assert_allclose(backend.logits(ids), base, atol=1e-5)
+
+
+def test_sampling_at_extreme_settings_stays_a_valid_draw():
+    """Found by fuzzing the HTTP gateway: a top_p below float precision kept no token (a NaN
+    draw), and a tiny temperature overflowed; the likeliest token always stays now."""
+    import torch
+
+    from engine.inference.base import GenerationRequest
+    from engine.inference.hf import HFBackend
+
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.0])
+    generator = torch.Generator().manual_seed(0)
+    tiny_p = GenerationRequest(prompt="x", temperature=2.0, top_p=5e-324)
+    assert HFBackend._sample(logits, tiny_p, generator) == 1
+    cold = GenerationRequest(prompt="x", temperature=1e-9)
+    assert HFBackend._sample(logits, cold, generator) == 1
+    draws = {HFBackend._sample(logits, GenerationRequest(prompt="x", temperature=1.0),
+                               generator) for _ in range(200)}
+    assert draws == {0, 1, 2, 3}  # ordinary settings still sample the whole vocabulary
