@@ -206,9 +206,10 @@ class Server:
                                      max_pending=self.settings.max_pending_requests)
         self.info = ConnectionInfo(request=request, events=events, key=self.session.key.decode(),
                                    pid=os.getpid(), curve_server_key=server_key)
+        # The gateway first: a client that sees the connection file finds http.json too.
+        self.http = self._start_http()
         self.connection_file = write_connection_file(self.info,
                                                      connection_file_path(self.dirs))
-        self.http = self._start_http()
         log.info("hyperlexd %s serving %s (events %s), pid %s, profile %s", __version__, request,
                  events, os.getpid(), self.profile)
         return self.info

@@ -167,6 +167,8 @@ class Gateway:
         self._jobs_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self.adapter_load_s: dict[str, float] = {}
         self.ready_once = False  # the model has loaded: /ready stays ready after idle unloads
+        self._profile_cache: tuple[str, float, Any] | None = None
+        self._base_ids: dict[str, str] = {}
 
     # --- the request table ------------------------------------------------------------------
 
@@ -206,12 +208,22 @@ class Gateway:
 
     @property
     def profile(self) -> Any:
+        """The daemon's current profile, read again when it is switched or 2 s have passed
+        (parsing and checking a profile costs milliseconds; a request must not)."""
         from engine.profiles import load_profile
 
-        return load_profile(self.server.profile)
+        name, now = self.server.profile, time.monotonic()
+        cached = self._profile_cache
+        if cached is None or cached[0] != name or now - cached[1] > 2.0:
+            cached = (name, now, load_profile(name))
+            self._profile_cache = cached
+        return cached[2]
 
     def base_id(self) -> str:
-        return base_model_id(self.profile.model.base)
+        spec = self.profile.model.base
+        if spec not in self._base_ids:
+            self._base_ids[spec] = base_model_id(spec)
+        return self._base_ids[spec]
 
     def adapters(self) -> dict[str, ServedAdapter]:
         """Every adapter served, by name: train jobs, the router's, and loaded ones."""
