@@ -215,8 +215,7 @@ def main() -> None:
 
     machine = describe_machine()  # after the daemon is gone, so the probe disturbs no figure
     if args.json:
-        out["machine"] = machine.as_dict()
-        print(json.dumps(out, indent=2))
+        print(json.dumps({**out, "machine": machine.as_dict()}, indent=2))
         return
     chat, over = out["chat"], out["overhead"]
     print(f"(a) chat, {chat['tokens']} tokens, greedy, median of {chat['repeats']}, profile "
