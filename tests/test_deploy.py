@@ -8,11 +8,15 @@ file with `docker compose config` where a compose is installed.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -233,6 +237,39 @@ def check_compose(config: dict) -> None:
 
 def test_the_compose_file_has_the_gpu_the_mounts_and_the_health_check():
     check_compose(COMPOSE_CONFIG)
+
+
+class ReadyServer(http.server.BaseHTTPRequestHandler):
+    """Answers /ready with the status in `self.server.status` (503 while loading, then 200)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        status = self.server.status if self.path == "/ready" else 404  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_health_check_fails_while_loading_and_passes_when_ready():
+    """The compose file's check, run as Docker runs it, against a stand-in /ready."""
+    test = command_words(compose_services(COMPOSE_CONFIG)["hyperlex"]["healthcheck"]["test"])
+    (dockerfile_check,) = steps(FINAL, "HEALTHCHECK")
+    assert json.loads(dockerfile_check.split(" CMD ", 1)[1]) == test[1:]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReadyServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        here = f"127.0.0.1:{server.server_address[1]}"
+        program = [sys.executable, *[word.replace(f"127.0.0.1:{PORT}", here)
+                                     for word in test[2:]]]
+        exits = {}
+        for status in (503, 200):
+            server.status = status  # type: ignore[attr-defined]
+            exits[status] = subprocess.run(program, capture_output=True, timeout=30).returncode
+    finally:
+        server.shutdown()
+    assert exits[503] != 0 and exits[200] == 0
 
 
 def test_the_compose_knobs_are_the_gateways():
