@@ -98,7 +98,9 @@ ENV HYPERLEX_HOME=/data \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
-USER hyperlex
+# Numeric, so that a runtime can tell it is not root without reading /etc/passwd (Kubernetes'
+# runAsNonRoot does exactly that).
+USER ${HYPERLEX_UID}:${HYPERLEX_GID}
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
