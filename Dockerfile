@@ -56,7 +56,7 @@ WORKDIR /opt/hyperlex
 COPY . .
 # (The flavour stages' ENV set HYPERLEX_TORCH_INDEX and HYPERLEX_LLAMA_CMAKE_ARGS for install.sh;
 # an ARG would not reach this stage.)
-RUN PIP_NO_CACHE_DIR=1 ./install.sh --build-only --portable "--$FLAVOUR" $INSTALL_FLAGS \
+RUN PIP_NO_CACHE_DIR=1 bash ./install.sh --build-only --portable "--$FLAVOUR" $INSTALL_FLAGS \
     && rm -rf /root/.cache
 
 # --- run: the runtime libraries, the built tree, a user that is not root ----------------------
