@@ -14,9 +14,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -438,3 +442,96 @@ def test_portable_cuda_builds_cuda_kernels_without_native_flags(sandbox: Path):
     (build,) = llama_wheel_builds(sandbox)
     assert "-DGGML_CUDA=on" in build and "-DGGML_NATIVE=OFF" in build
     assert build.rstrip().endswith("-DCMAKE_CUDA_ARCHITECTURES=90")
+
+
+# --- the compose service, run without Docker ----------------------------------------------------
+
+
+def container_paths(root: Path):
+    """Maps the container's paths (/data, /keys, /adapters) to folders under `root`."""
+    mapping = {"/data": root / "data", "/keys": root / "keys", "/adapters": root / "adapters"}
+    for folder in mapping.values():
+        folder.mkdir(exist_ok=True)
+
+    def local(value: str) -> str:
+        parts = []
+        for path in value.split(":"):
+            for inside, outside in mapping.items():
+                if path == inside or path.startswith(inside + "/"):
+                    path = str(outside) + path[len(inside):]
+            parts.append(path)
+        return ":".join(parts)
+    return local
+
+
+@pytest.mark.e2e
+def test_the_compose_services_commands_serve_with_their_keys(tmp_path: Path):
+    """The key tool's and the gateway's own command lines and environment, as the compose file
+    gives them, on this machine (tiny-test profile): keys made by the tool open the gateway on
+    0.0.0.0, the health check passes once ready, and SIGTERM stops it within the grace period."""
+    services = compose_services(COMPOSE_CONFIG)
+    local = container_paths(tmp_path)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("HYPERLEX_")}
+    environment.update({name: local(value) for name, value in
+                        services["hyperlex"]["environment"].items()})
+    environment.update(HYPERLEX_HOME=local("/data"), HYPERLEX_PROFILE="tiny-test",
+                       PYTHONPATH=str(ROOT))
+    bin_dir = Path(sys.executable).parent
+
+    def key_tool(*arguments: str) -> str:
+        program = command_words(services["keys"]["entrypoint"])[2:]  # past `tini --`
+        assert program[0] == "hyperlex"
+        made = subprocess.run([str(bin_dir / "hyperlex"), *program[1:],
+                               *map(local, arguments), "--json"],
+                              env=environment, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        return json.loads(made.stdout)["key"]
+
+    user = key_tool(*command_words(services["keys"]["command"]))
+    # The daemon refuses to start while a configured keys file is missing, naming it.
+    command = command_words(services["hyperlex"]["command"])
+    served = [str(bin_dir / command[0]), *command[1:-1], command[-1].replace(f":{PORT}", ":0")]
+    refused = subprocess.run(served, env=environment, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0
+    assert environment["HYPERLEX_HTTP_ADMIN_KEYS_FILE"] in refused.stdout + refused.stderr
+    admin = key_tool("--admin", "--file", "/keys/admin_keys.sha256")
+
+    daemon = subprocess.Popen(served, env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    info_path = Path(local("/data")) / "run" / "http.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not info_path.exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert info_path.exists(), daemon.stdout.read().decode() if daemon.poll() else "no start"
+        url = json.loads(info_path.read_text())["url"]
+        assert url.startswith("http://0.0.0.0:")
+        here = "127.0.0.1:" + url.rsplit(":", 1)[1]
+        check = command_words(services["hyperlex"]["healthcheck"]["test"])
+        program = [sys.executable, *[w.replace(f"127.0.0.1:{PORT}", here) for w in check[2:]]]
+        while subprocess.run(program, capture_output=True, timeout=30).returncode != 0:
+            assert time.monotonic() < deadline and daemon.poll() is None, "never ready"
+            time.sleep(0.5)
+
+        def get(path: str, key: str | None) -> int:
+            request = urllib.request.Request(f"http://{here}{path}", headers=(
+                {"Authorization": f"Bearer {key}"} if key else {}))
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as refusal:
+                return refusal.code
+
+        assert get("/v1/models", None) == 401
+        assert get("/v1/models", user) == 200
+        assert get("/v1/jobs", user) == 403 and get("/v1/jobs", admin) == 200
+    finally:
+        daemon.send_signal(signal.SIGTERM)  # what tini passes on at `docker compose stop`
+        try:
+            code = daemon.wait(timeout=duration_s(services["hyperlex"]["stop_grace_period"]))
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            raise
+    assert code == 0
+    assert not info_path.exists()
