@@ -4,6 +4,7 @@ HTTP gateway (OpenAI-compatible; `hyperlexd --http HOST:PORT`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -40,8 +41,11 @@ def _keys_file(profile_name: str, admin: bool, file: Path | None) -> Path:
         return file.expanduser()
     from engine.profiles import load_profile
 
+    # The same order the daemon reads them in: HYPERLEX_HTTP_*, then the profile's [http].
     section = load_profile(profile_name).http
-    configured = section.admin_keys_file if admin else section.keys_file
+    configured = os.environ.get("HYPERLEX_HTTP_ADMIN_KEYS_FILE" if admin
+                                else "HYPERLEX_HTTP_KEYS_FILE") or \
+        (section.admin_keys_file if admin else section.keys_file)
     return Path(configured).expanduser() if configured else default_keys_file(dirs(), admin)
 
 

@@ -92,3 +92,16 @@ def test_key_new_prints_a_key_once_and_stores_only_its_digest(tmp_path):
     assert reply["role"] == "admin" and reply["key"] not in stored
     assert hashlib.sha256(reply["key"].encode()).hexdigest() in stored and "# ops" in stored
     assert (Path(reply["file"]).stat().st_mode & 0o777) == 0o600
+
+
+def test_key_commands_use_the_keys_file_the_daemon_would(tmp_path):
+    env = {**os.environ, "HYPERLEX_HOME": str(tmp_path), "PYTHONPATH": os.getcwd(),
+           "HYPERLEX_HTTP_KEYS_FILE": str(tmp_path / "mounted" / "keys.sha256")}
+    made = subprocess.run([sys.executable, "-m", "hyperlex_console.cli", "http", "key", "new",
+                           "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(made.stdout)["file"] == env["HYPERLEX_HTTP_KEYS_FILE"]
+    listed = subprocess.run([sys.executable, "-m", "hyperlex_console.cli", "http", "key",
+                             "list", "--json"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert json.loads(listed.stdout)["user"] == {"file": env["HYPERLEX_HTTP_KEYS_FILE"],
+                                                 "keys": 1}
