@@ -93,6 +93,10 @@ class Chat:
                    for message in self.messages for value in message.values())
 
 
+def _drop(data: dict[str, Any]) -> None:
+    """The sink of a chat whose reader has gone."""
+
+
 class ChatScheduler:
     """Owns the loaded model, the chat queue and the one chat thread that serves it.
 
@@ -304,7 +308,12 @@ class ChatScheduler:
     def _emit(self, chat: Chat, data: dict[str, Any]) -> None:
         """One event of a chat: to its sink when it has one, else on the event bus."""
         if chat.sink is not None:
-            chat.sink(data)
+            try:
+                chat.sink(data)
+            except Exception as exc:  # the reader is gone (its loop closed): stop the chat
+                log.info("chat %s: its reader is gone (%s); cancelling", chat.chat_id, exc)
+                chat.sink = _drop  # the rest of its events go nowhere, not to the bus
+                chat.cancelled.set()
         else:
             self._publish(chat.topic, data)
 

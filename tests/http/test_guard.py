@@ -162,3 +162,48 @@ def test_cors_origins_from_the_environment_split_on_commas(monkeypatch):
     monkeypatch.setenv("HYPERLEX_HTTP_CORS_ORIGINS", "a.example")
     with pytest.raises(ConfigError):
         http_settings("tiny-test", dirs(), "127.0.0.1:0")
+
+
+def test_a_request_past_the_timeout_gets_504_and_its_chat_is_cancelled(live):
+    import time as clock
+
+    from daemon.http.app import create_app
+    from daemon.http.gateway import Gateway
+
+    settings = dataclasses.replace(live.gateway.settings, request_timeout_s=1.0)
+    gateway = Gateway(live.server, settings)
+    chats = []
+    submit = gateway.submit_chat
+
+    def slow(messages, options, sink):  # each token takes 50 ms: 400 take 20 s
+        def late(event):
+            if event["event"] == "token":
+                clock.sleep(0.05)
+            sink(event)
+
+        chats.append(submit(messages, options, late))
+        return chats[-1]
+
+    gateway.submit_chat = slow
+    app = create_app(gateway)
+    body = {"model": "base", "max_tokens": 400, "temperature": 0.9, "seed": 3,
+            "messages": [{"role": "user", "content": "Tell me about the river."}]}
+
+    async def ask(stream: bool) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=live.headers(), timeout=60) as client:
+            return await client.post("/v1/chat/completions", json={**body, "stream": stream})
+
+    whole = asyncio.run(ask(False))
+    assert whole.status_code == 504 and "request_timeout_s" in whole.json()["error"]["hint"]
+    streamed = asyncio.run(ask(True))
+    assert streamed.status_code == 200, (streamed.text, [c.state for c in chats])  # begun: says so last
+    lines = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and '"timeout"' in lines[-2], lines[-3:]
+    assert 1 < len(lines) < 400
+    deadline = clock.monotonic() + 10
+    while any(c.state not in ("cancelled", "done") for c in chats) and \
+            clock.monotonic() < deadline:
+        clock.sleep(0.05)
+    assert [c.state for c in chats] == ["cancelled", "cancelled"]
