@@ -4,6 +4,8 @@
   (0600: it carries the HMAC key).
 - One daemon per home: an `flock` on the lock file. The kernel drops the lock when its holder
   dies, so a lock file left behind by a killed daemon is recovered simply by locking it again.
+- HTTP: the gateway's API keys are stored as sha256 digests (`<state>/http/*.sha256`), and
+  `<runtime>/http.json` says where it serves.
 - CURVE: the server keypair lives in the state directory; client public keys allowed to connect
   over TCP are files in `config/keys/allowed/`.
 
@@ -13,6 +15,7 @@ This module knows nothing of requests, jobs or models.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -265,3 +268,62 @@ def allow_client_key(public_path: Path, name: str | None = None) -> Path:
     target.write_text(Path(public_path).read_text())
     os.chmod(target, 0o600)
     return target
+
+
+# --- the HTTP gateway's keys (stored as digests) and its address file ----------------------
+
+HTTP_KEY_PREFIX = "hlx-"
+HTTP_INFO_FILE = "http.json"  # in the runtime dir: where the gateway serves, while it does
+
+
+def http_key_digest(key: str) -> str:
+    """The stored form of an HTTP API key: its sha256, hex."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_http_key() -> str:
+    """A new random HTTP API key (256 bits)."""
+    return HTTP_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def http_keys_file(home: Dirs | None = None, admin: bool = False) -> Path:
+    """Where the gateway's key digests live unless `[http] keys_file` says otherwise."""
+    return (home or dirs()).state / "http" / ("admin_keys.sha256" if admin else "keys.sha256")
+
+
+def http_info_path(home: Dirs | None = None) -> Path:
+    return runtime_dir(home) / HTTP_INFO_FILE
+
+
+def read_http_digests(path: Path, *, required: bool) -> frozenset[str]:
+    """The digests in a keys file: one sha256 hex a line, `#` comments and blanks ignored.
+
+    Raises:
+        ConfigError: a configured file that is missing, or a line that is not a digest
+            (with its line number; a key pasted in the clear is refused, not hashed).
+    """
+    if not path.is_file():
+        if required:
+            raise ConfigError(f"the HTTP keys file {path} does not exist",
+                              hint="create keys with `hyperlex http key new`, or fix "
+                                   "[http] keys_file / admin_keys_file")
+        return frozenset()
+    found = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip().lower().removeprefix("sha256:")
+        if not text:
+            continue
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ConfigError(f"{path}:{number}: not a sha256 hex digest",
+                              hint="the file holds digests, never keys: add keys with "
+                                   "`hyperlex http key new`")
+        found.add(text)
+    return frozenset(found)
+
+
+def add_http_key(path: Path, key: str, label: str = "") -> None:
+    """Append a key's digest to a keys file (made 0600 with its dir 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as out:
+        out.write(f"{http_key_digest(key)}{'  # ' + label if label else ''}\n")

@@ -12,68 +12,28 @@ This module knows nothing of FastAPI or the daemon's server.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.connection import (
+    HTTP_INFO_FILE,
+    add_http_key,
+    http_key_digest,
+    http_keys_file,
+    new_http_key,
+    read_http_digests,
+)
 from engine.errors import ConfigError
 from engine.paths import Dirs
 
-KEY_PREFIX = "hlx-"
 USER_KEY_FILE = "http.key"        # in the runtime dir, when the gateway made its own keys
 ADMIN_KEY_FILE = "http-admin.key"
-INFO_FILE = "http.json"           # in the runtime dir: where the gateway serves
-
-
-def digest(key: str) -> str:
-    """The stored form of a key: its sha256, hex."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def new_key() -> str:
-    """A new random key (256 bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def default_keys_file(home: Dirs, admin: bool = False) -> Path:
-    return home.state / "http" / ("admin_keys.sha256" if admin else "keys.sha256")
-
-
-def read_digests(path: Path, *, required: bool) -> frozenset[str]:
-    """The digests in a keys file: one sha256 hex a line, `#` comments and blanks ignored.
-
-    Raises:
-        ConfigError: a configured file that is missing, or a line that is not a digest
-            (with its line number; a key pasted in the clear is refused, not hashed).
-    """
-    if not path.is_file():
-        if required:
-            raise ConfigError(f"the HTTP keys file {path} does not exist",
-                              hint="create keys with `hyperlex http key new`, or fix "
-                                   "[http] keys_file / admin_keys_file")
-        return frozenset()
-    found = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        text = line.split("#", 1)[0].strip().lower().removeprefix("sha256:")
-        if not text:
-            continue
-        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-            raise ConfigError(f"{path}:{number}: not a sha256 hex digest",
-                              hint="the file holds digests, never keys: add keys with "
-                                   "`hyperlex http key new`")
-        found.add(text)
-    return frozenset(found)
-
-
-def add_key(path: Path, key: str, label: str = "") -> None:
-    """Append a key's digest to a keys file (made 0600 with its dir 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(f"{digest(key)}{'  # ' + label if label else ''}\n")
+INFO_FILE = HTTP_INFO_FILE        # in the runtime dir: where the gateway serves
+digest, new_key, add_key, read_digests = http_key_digest, new_http_key, add_http_key, \
+    read_http_digests
+default_keys_file = http_keys_file
 
 
 def parse_bind(text: str) -> tuple[str, int]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from daemon.http.settings import INFO_FILE, add_key, default_keys_file, new_key, read_digests
+from daemon.connection import add_http_key as add_key
+from daemon.connection import http_info_path, new_http_key, read_http_digests
+from daemon.connection import http_keys_file as default_keys_file
 from engine.errors import ConfigError, HyperlexError
 from engine.paths import dirs
 from hyperlex_console.cli.common import (
@@ -68,7 +70,7 @@ def new_command(admin: bool, file: Path | None, label: str, profile_name: str,
     path = _keys_file(profile_name, admin, file)
     if "\n" in label or "#" in label:
         raise ConfigError("--label may not hold a newline or '#'")
-    key = new_key()
+    key = new_http_key()
     add_key(path, key, label)
     if as_json:
         emit_json({"key": key, "role": "admin" if admin else "user", "file": str(path)})
@@ -87,7 +89,7 @@ def list_command(profile_name: str, as_json: bool) -> None:
     out = {}
     for role, admin in (("user", False), ("admin", True)):
         path = _keys_file(profile_name, admin, None)
-        out[role] = {"file": str(path), "keys": len(read_digests(path, required=False))}
+        out[role] = {"file": str(path), "keys": len(read_http_digests(path, required=False))}
     if as_json:
         emit_json(out)
         return
@@ -100,7 +102,7 @@ def list_command(profile_name: str, as_json: bool) -> None:
 @handles_errors
 def info_command(as_json: bool) -> None:
     """Where the running daemon's gateway serves, and its key files if it made its own keys."""
-    path = dirs().runtime / INFO_FILE
+    path = http_info_path()
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
