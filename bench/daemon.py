@@ -227,7 +227,7 @@ def main() -> None:
                                f"[device]\nthreads = {args.threads}\n")
             args.profile = str(derived)
         from daemon.client import Client
-        from daemon.launch import spawn_detached
+        from daemon.launch import spawn_detached, stop_detached
 
         pid = spawn_detached(["--profile", args.profile])
         client = Client(timeout=30.0)
@@ -245,18 +245,7 @@ def main() -> None:
                       f"(generation alone, as the daemon timed it: {inside:.2f})")
                 print(f"  ratio     daemon / direct: {through / direct:.3f}x (target >= 0.97)")
         finally:
-            try:
-                client.shutdown()
-            except Exception:
-                os.kill(pid, 15)
-            client.close()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
+            stop_detached(client, pid)
     from engine.machine import print_machine
 
     print_machine()  # after the daemon is gone, so the probe cannot disturb any figure

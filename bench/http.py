@@ -173,7 +173,7 @@ def main() -> None:
     import httpx
 
     from daemon.client import Client
-    from daemon.launch import spawn_detached
+    from daemon.launch import spawn_detached, stop_detached
 
     out: dict[str, Any] = {"profile": args.profile}
     with tempfile.TemporaryDirectory(prefix="hlx-bench-http-") as home:
@@ -198,19 +198,8 @@ def main() -> None:
             out["chat"] = bench_chat(zmq, http, url, key, args.tokens, args.repeats)
             out["overhead"] = bench_overhead(http, url, key, args.requests)
         finally:
-            try:
-                zmq.shutdown()
-            except Exception:
-                os.kill(pid, 15)
-            zmq.close()
             http.close()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
+            stop_detached(zmq, pid)
     from engine.machine import describe_machine, machine_line
 
     machine = describe_machine()  # after the daemon is gone, so the probe disturbs no figure

@@ -193,7 +193,11 @@ def holder_pid(path: Path) -> int | None:
 
 def is_loopback_tcp(endpoint: str) -> bool:
     """True for tcp://127.x.x.x:port, tcp://[::1]:port and tcp://localhost:port."""
-    host = urlparse(endpoint).hostname or ""
+    return is_loopback_host(urlparse(endpoint).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.x.x.x, ::1 and localhost."""
     if host == "localhost":
         return True
     try:

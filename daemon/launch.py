@@ -20,14 +20,17 @@ It loads the server only in `serve`, and knows nothing of the console.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from daemon.connection import connection_file_path, read_connection_file
 from engine.errors import ConfigError, HyperlexError
@@ -177,3 +180,22 @@ def _tail(path: Path) -> str:
     except OSError:
         return ""
     return (":\n" + "\n".join(f"    {line}" for line in lines)) if lines else ""
+
+
+def stop_detached(client: Any, pid: int, wait_s: float = 20.0) -> bool:
+    """Ask a daemon started with `spawn_detached` to shut down (SIGTERM if it cannot be
+    asked), close `client`, and wait for the process to go; True once it has."""
+    try:
+        client.shutdown()
+    except Exception:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    client.close()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -12,7 +12,6 @@ This module knows nothing of FastAPI or the daemon's server.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from daemon.connection import (
     add_http_key,
     http_key_digest,
     http_keys_file,
+    is_loopback_host,
     new_http_key,
     read_http_digests,
 )
@@ -50,13 +50,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+is_loopback = is_loopback_host
 
 
 @dataclass
