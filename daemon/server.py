@@ -250,6 +250,7 @@ class Server:
         try:
             while True:
                 self.heartbeat_if_due()
+                self.transport.flush_events()  # what this pass published, before waiting
                 now = time.monotonic()
                 timeout_ms = max(0, min(200, int((self._next_heartbeat - now) * 1000)))
                 ready = dict(poller.poll(timeout_ms))
@@ -308,7 +309,8 @@ class Server:
     # --- events and loop state ------------------------------------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
-        """Number, keep and send an event. Loop thread only."""
+        """Number, keep and send an event (sent by the end of this pass of the loop, batched
+        with the events of its topic published just before and after it). Loop thread only."""
         event = self.history.record(topic, data)
         self.history.account(event, self.transport.send_event(topic, event.seq, data))
 
