@@ -43,6 +43,7 @@ REQUEST_HWM = 64
 TRIM_AFTER_BYTES = 32 * 1024 * 1024
 
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 # Consecutive events of one topic leave as one message of at most this many (and at most
 # `event_max_bytes`): a job's log lines or a burst then cost one header, signature and send a
 # batch, not one an event. Measured (bench/daemon.py, 64-byte events): one event a message
@@ -184,6 +185,10 @@ class Transport:
         without a copy (the protocol then refuses the message as BadFrames). ZeroMQ held the
         whole message already; when what was dropped is big, the memory is given back.
         """
+        # Asking first is cheaper than the exception a read of nothing raises (1.6 against
+        # 4 us), and every burst of requests ends with one such read.
+        if not self.router.getsockopt(_EVENTS) & _POLLIN:
+            return None
         try:
             frame = self.router.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
