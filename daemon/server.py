@@ -194,7 +194,8 @@ class Server:
                                    keep_alive_s=self.settings.keep_alive_s,
                                    max_queued=self.settings.max_queued_chats,
                                    max_queued_bytes=self.settings.max_queued_chat_bytes,
-                                   opener=self.options.chat_opener or open_profile_backend,
+                                   opener=self._following_load(
+                                       self.options.chat_opener or open_profile_backend),
                                    router=loaded.router,
                                    memory=lambda profile, name:
                                    loaded.open_memory(profile, self.dirs.state, name))
@@ -208,6 +209,18 @@ class Server:
         log.info("hyperlexd %s serving %s (events %s), pid %s, profile %s", __version__, request,
                  events, os.getpid(), self.profile)
         return self.info
+
+    def _following_load(self, opener: Callable[[str], tuple[Any, Any]]
+                        ) -> Callable[[str], tuple[Any, Any]]:
+        """`opener`, whose backends are told whether a heavy job runs: llama.cpp decodes on
+        every physical core when none does and on fewer beside a training job."""
+        def open_backend(profile_name: str) -> tuple[Any, Any]:
+            backend, profile = opener(profile_name)
+            if hasattr(backend, "busy"):
+                # Read on the chat thread: a set's truth is one atomic read of its size.
+                backend.busy = lambda: bool(self.scheduler.heavy)
+            return backend, profile
+        return open_backend
 
     @property
     def running(self) -> dict[int, Any]:
