@@ -212,13 +212,15 @@ class Server:
 
     def _following_load(self, opener: Callable[[str], tuple[Any, Any]]
                         ) -> Callable[[str], tuple[Any, Any]]:
-        """`opener`, whose backends are told whether a heavy job runs: llama.cpp decodes on
-        every physical core when none does and on fewer beside a training job."""
+        """`opener`, whose backends are told whether a job runs: llama.cpp decodes on every
+        physical core when none does and on fewer beside one. Light jobs count too: a
+        selftest or scenes job needs a core as well, and with chats on every core the soak's
+        jobs drained too slowly to finish in time."""
         def open_backend(profile_name: str) -> tuple[Any, Any]:
             backend, profile = opener(profile_name)
             if hasattr(backend, "busy"):
-                # Read on the chat thread: a set's truth is one atomic read of its size.
-                backend.busy = lambda: bool(self.scheduler.heavy)
+                # Read on the chat thread: a dict's truth is one atomic read of its size.
+                backend.busy = lambda: bool(self.scheduler.running)
             return backend, profile
         return open_backend
 

@@ -69,8 +69,8 @@ def import_llama_cpp() -> Any:
 
 
 def chat_threads(cores: int, busy: bool) -> int:
-    """The threads llama.cpp decodes with, given the physical cores and whether a heavy job
-    (training) runs beside it.
+    """The threads llama.cpp decodes with, given the physical cores and whether a job (a
+    training job above all) runs beside it.
 
     Idle: every physical core (SmolLM2 Q4_1 on an idle 2-core Xeon: 94.5 tokens/s on 2
     threads, 58.7 on 1; a hyperthread sibling adds nothing to a decode bound by memory).
@@ -88,8 +88,8 @@ class LlamaCppBackend:
     """llama-cpp-python on one GGUF file, with hot-swapped LoRA adapters."""
 
     name = "llamacpp"
-    # Whether a heavy job runs now, asked before each generation and every `FIT_EVERY` tokens
-    # by whoever knows (the daemon sets it); None: decode as on an idle machine.
+    # Whether a job runs now, asked before each generation and every `FIT_EVERY` tokens by
+    # whoever knows (the daemon sets it); None: only other work on the machine counts.
     busy: Callable[[], bool] | None = None
     FIT_EVERY = 16
 
@@ -102,7 +102,7 @@ class LlamaCppBackend:
             model_file: the base GGUF; adapters are exported against it.
             n_ctx: the context window.
             threads: CPU threads; 0 to follow the load (`chat_threads`: every physical core
-                when no heavy job runs, fewer while one does).
+                when no job runs, fewer while one does).
             seed: the sampling seed.
             system_prompt: put before chats that have no system message.
             progress: called with (stage, done, total) while an extended base is built.
@@ -149,7 +149,7 @@ class LlamaCppBackend:
 
     def fit_threads(self, *, look_at_machine: bool = False) -> int:
         """Decode with the threads the load allows now; a fixed count stays. The load is a
-        heavy job (`busy`), or other work on the machine, which is looked at only when asked
+        job (`busy`), or other work on the machine, which is looked at only when asked
         (before a generation: once decoding, our own threads would count) and then holds for
         that generation. Cheap: llama.cpp reads its thread count at each decode. Returns the
         count in use."""
