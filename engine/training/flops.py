@@ -40,12 +40,12 @@ class StepFlops:
 
     def describe(self) -> str:
         """One line saying what is counted (in MFLOP per token)."""
-        return (f"{self.per_token / 1e6:.0f} MFLOP/token counted = decoder linears "
-                f"{self.decoder_linear / 1e6:.0f} (4 x params: forward + input gradient) + LoRA "
-                f"{self.lora / 1e6:.1f} (6 x params) + attention {self.attention / 1e6:.0f} "
-                f"(mean context {self.mean_context:.0f}) + head {self.head / 1e6:.0f} (4 x V x H "
+        return (f"{self.per_token / 1e6:.4g} MFLOP/token counted = decoder linears "
+                f"{self.decoder_linear / 1e6:.4g} (4 x params: forward + input gradient) + LoRA "
+                f"{self.lora / 1e6:.3g} (6 x params) + attention {self.attention / 1e6:.3g} "
+                f"(mean context {self.mean_context:.0f}) + head {self.head / 1e6:.3g} (4 x V x H "
                 f"at the {self.labelled_fraction:.0%} labelled positions); the 6 x params rule "
-                f"would say {self.six_n / 1e6:.0f}")
+                f"would say {self.six_n / 1e6:.4g}")
 
 
 def lora_step_flops(peft_model: Any, sample_lengths: list[int], labelled_tokens: int) -> StepFlops:

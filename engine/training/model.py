@@ -127,4 +127,8 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
     from engine.training.dropout import use_fast_dropout
 
     use_fast_dropout(peft_model)
+    if placement.precision == "bf16":
+        from engine.training.adapter_compute import compute_adapters_in
+
+        compute_adapters_in(peft_model, torch.bfloat16)
     return peft_model

@@ -197,3 +197,37 @@ def test_flops_per_token_count_the_parts(tmp_path):
         assert "MFLOP/token" in one.describe()
     finally:
         recipe.cleanup()
+
+
+def test_a_bf16_base_runs_its_lora_branch_in_bf16_with_fp32_weights(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.training.adapter_compute import CastingLinear, compute_adapters_in
+
+    def build():
+        torch.manual_seed(3)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():  # B starts at zero; give the branch something to add
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+        return model
+
+    plain, cast = build(), build()
+    layers = sum(1 for n, _ in plain.named_modules() if n.endswith(("q_proj", "v_proj")))
+    assert compute_adapters_in(cast, torch.bfloat16) == layers
+    assert compute_adapters_in(cast, torch.float16) == 0  # only a base of that dtype
+    assert any(isinstance(m, CastingLinear) for m in cast.modules())
+    ids = torch.randint(0, plain.config.vocab_size, (2, 24))
+    want, got = plain(input_ids=ids).logits.float(), cast(input_ids=ids).logits.float()
+    assert torch.allclose(got, want, atol=0.1, rtol=0.05)
+    assert not torch.equal(got, want) or layers == 0  # it does take the other path
+    got.square().mean().backward()
+    trainable = [(n, p) for n, p in cast.named_parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for _, p in trainable)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               and float(p.grad.abs().sum()) > 0 for _, p in trainable)
+    assert set(cast.state_dict()) == set(plain.state_dict())  # the saved adapter is the same
