@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--precision", default=None, help="override device.precision")
     parser.add_argument("--steps", type=int, default=3, help="profiled optimizer steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (profile's)")
     args = parser.parse_args()
 
     import torch
@@ -90,6 +91,7 @@ def main() -> None:
     profile = load_profile(args.profile)
     if args.precision:
         profile.device.precision = args.precision
+    profile.device.threads = args.threads or profile.device.threads
     with tempfile.TemporaryDirectory() as scratch:
         recipe = LoRARecipe(RunConfig(profile=profile, run_dir=Path(scratch) / "run",
                                       max_steps=args.steps * 2 + 1))

@@ -185,13 +185,14 @@ def run_trainer(profile, recipe, steps: int, samples_per_step: int, out_dir: Pat
 
 
 def child_rss(profile_name: str, precision: str, checkpointing: bool, steps: int,
-              batch_size: int | None, max_seq_len: int | None) -> dict:
+              batch_size: int | None, max_seq_len: int | None, threads: int | None) -> dict:
     """Run hyperlex in a child process at one precision; it reports its own peak RSS."""
     command = [sys.executable, __file__, "--profile", profile_name, "--rss-steps", str(steps),
                "--child-precision", precision]
     if checkpointing:
         command.append("--child-checkpointing")
-    for flag, value in (("--batch-size", batch_size), ("--max-seq-len", max_seq_len)):
+    for flag, value in (("--batch-size", batch_size), ("--max-seq-len", max_seq_len),
+                        ("--threads", threads)):
         if value:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -217,10 +218,11 @@ def peak_rss_mb() -> float:
 
 
 def child_main(profile_name: str, precision: str, checkpointing: bool, steps: int,
-               batch_size: int | None, max_seq_len: int | None) -> None:
+               batch_size: int | None, max_seq_len: int | None, threads: int | None) -> None:
     from engine.profiles import load_profile
 
     profile = load_profile(profile_name)
+    profile.device.threads = threads or profile.device.threads
     profile.device.precision = precision
     profile.training.gradient_checkpointing = checkpointing
     profile.training.batch_size = batch_size or profile.training.batch_size
@@ -272,6 +274,9 @@ def main() -> None:
                         help="packed rows per hyperlex step (profile default)")
     parser.add_argument("--max-seq-len", type=int, default=None,
                         help="tokens per packed row (profile default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every run (profile default; 1 on a machine "
+                             "whose cores other work shares: no thread then waits on another)")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--skip-fp32", action="store_true",
                         help="no hyperlex fp32 run (no held-out loss against fp32)")
@@ -281,7 +286,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child_precision:
         child_main(args.profile, args.child_precision, args.child_checkpointing, args.rss_steps,
-                   args.batch_size, args.max_seq_len)
+                   args.batch_size, args.max_seq_len, args.threads)
         return
 
     import torch
@@ -292,6 +297,7 @@ def main() -> None:
     section = profile.training
     section.batch_size = args.batch_size or section.batch_size
     section.max_seq_len = args.max_seq_len or section.max_seq_len
+    profile.device.threads = args.threads or profile.device.threads
     with tempfile.TemporaryDirectory() as scratch:
         ours, recipe = run_hyperlex(profile, args.steps, Path(scratch) / "hyperlex")
         per_step = max(1, round(ours["samples_per_step"]))
@@ -311,6 +317,7 @@ def main() -> None:
             fp32_profile.device.precision = "fp32"
             fp32_profile.training.batch_size = section.batch_size
             fp32_profile.training.max_seq_len = section.max_seq_len
+            fp32_profile.device.threads = profile.device.threads
             fp32, _ = run_hyperlex(fp32_profile, args.steps, Path(scratch) / "hyperlex-fp32")
         base = run_trainer(profile, recipe, args.steps, per_step, Path(scratch) / "trainer")
         base_bf16 = run_trainer(profile, recipe, args.steps, per_step,
@@ -349,7 +356,7 @@ def main() -> None:
         for precision, checkpointing in (("fp32", False), ("bf16", False), ("int8", False),
                                          ("int4", False), ("fp32", True), ("bf16", True)):
             row = child_rss(args.profile, precision, checkpointing, args.rss_steps,
-                            args.batch_size, args.max_seq_len)
+                            args.batch_size, args.max_seq_len, args.threads)
             rss.append(row)
             label = f"{precision}{' + grad. checkpointing' if checkpointing else ''}"
             if "error" in row:
