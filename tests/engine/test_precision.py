@@ -231,3 +231,27 @@ def test_a_bf16_base_runs_its_lora_branch_in_bf16_with_fp32_weights(tiny_model_d
     assert all(p.grad is not None and p.grad.dtype == torch.float32
                and float(p.grad.abs().sum()) > 0 for _, p in trainable)
     assert set(cast.state_dict()) == set(plain.state_dict())  # the saved adapter is the same
+
+
+def test_packed_attention_over_a_bf16_cpu_model_computes_in_fp32_and_answers_bf16():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from engine.training.attention import packed_sdpa
+
+    torch.manual_seed(1)
+    query, key, value = (torch.randn(1, 4, 12, 8, dtype=torch.bfloat16) for _ in range(3))
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=1, training=False)
+    spans = [[(0, 5), (5, 12)]]
+    got, _ = packed_sdpa(module, query, key, value, None, packed_spans=spans)
+    assert got.dtype == torch.bfloat16 and got.shape == (1, 12, 4, 8)
+    for start, end in spans[0]:  # each sample alone, causally, in fp32
+        want = sdpa_attention_forward(module, query[:, :, start:end].float(),
+                                      key[:, :, start:end].float(),
+                                      value[:, :, start:end].float(), None, is_causal=True)[0]
+        assert torch.allclose(got[:, start:end].float(), want, atol=1e-2)
+        plain = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
+                                       value[:, :, start:end], None, is_causal=True)[0]
+        assert (got[:, start:end].float() - want).abs().max() \
+            <= (plain.float() - want).abs().max() + 1e-6  # no worse than bf16 all through
