@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import resource
@@ -108,6 +109,10 @@ def run_hyperlex(profile, steps: int, run_dir: Path):
                                 sum(sum(1 for x in s.labels[1:] if x != -100)
                                     for s in recipe.data.train))
         median = median_tokens_per_s(tokens, steps, step_seconds)
+        # The caller keeps the recipe for its data and tokenizer, not its model: free that
+        # before the next run loads another (three models at once ran a 24 GB machine out).
+        recipe.peft_model = recipe.loss_model = recipe.optimizer = recipe.scheduler = None
+        gc.collect()
         return {"tokens": tokens, "flops": flops, "median_tokens_per_s": median, "precision": recipe.placement.precision,
                 "precision_reason": recipe.precision.reason, "seconds": seconds, "tokens_per_s": tokens / seconds,
                 "cpu_seconds": cpu_seconds, "tokens_per_cpu_s": tokens / cpu_seconds,
@@ -175,6 +180,8 @@ def run_trainer(profile, recipe, steps: int, samples_per_step: int, out_dir: Pat
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     loss = held_out_loss(model, recipe.data, recipe.pad_id, section.batch_size)
+    del trainer, model, base
+    gc.collect()
     return {"tokens": CountingCollator.tokens, "seconds": timer.seconds,
             "tokens_per_s": CountingCollator.tokens / timer.seconds,
             "median_tokens_per_s": median_tokens_per_s(CountingCollator.tokens, steps,
