@@ -250,6 +250,32 @@ def describe_run(name: str, run: dict) -> str:
             f"{run['held_out_loss']:.4f}")
 
 
+def matmul_gflops_per_cpu_second(dtype_name: str, repeats: int = 5) -> float | None:
+    """The machine line's matmul, timed in process time: GFLOP per CPU-second.
+
+    A neighbour on a shared machine stretches wall time but not this process's CPU time, so
+    with one torch thread this bound holds whatever the load (with more, waiting threads spin
+    and count). Read it against the runs' tokens per CPU-second.
+    """
+    import torch
+
+    from engine.machine import _PROBE_K, _PROBE_M, _PROBE_N
+
+    try:
+        dtype = getattr(torch, dtype_name)
+        a = torch.randn(_PROBE_M, _PROBE_K).to(dtype)
+        b = torch.randn(_PROBE_K, _PROBE_N).to(dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            began = time.process_time()
+            torch.matmul(a, b)
+            best = min(best, time.process_time() - began)
+    except (RuntimeError, TypeError):
+        return None
+    return 2 * _PROBE_M * _PROBE_K * _PROBE_N / max(best, 1e-9) / 1e9
+
+
 def roofline_lines(run: dict, machine: dict) -> tuple[list[str], dict]:
     """What the measured matmul GFLOP/s allow for this model, and the fraction reached."""
     flops = run["flops"]
@@ -269,6 +295,14 @@ def roofline_lines(run: dict, machine: dict) -> tuple[list[str], dict]:
                      f"= {bound:.0f} tokens/s; hyperlex {run['tokens_per_s']:.1f} is "
                      f"{fraction:.0%} of it (6 x params: {gflops * 1e9 / flops.six_n:.0f} "
                      f"tokens/s){used}")
+    for dtype, gflops in machine.get("per_cpu_second", {}).items():
+        if gflops:
+            bound = gflops * 1e9 / flops.per_token
+            fraction = run["tokens_per_cpu_s"] / bound
+            out[f"{dtype}_cpu_roofline_fraction"] = fraction
+            lines.append(f"roofline {dtype} per CPU-second: {gflops:.0f} GFLOP/CPU-s = "
+                         f"{bound:.0f} tokens/CPU-s; hyperlex {run['tokens_per_cpu_s']:.1f} is "
+                         f"{fraction:.0%} of it")
     return lines, out
 
 
@@ -351,10 +385,12 @@ def main() -> None:
               f"{ours['held_out_loss']:.4f} vs {fp32['held_out_loss']:.4f}, "
               f"{against_fp32 * 100:+.2f}% (goal within 2%); fp32 speed-up "
               f"{ours['tokens_per_s'] / fp32['tokens_per_s']:.2f}x")
+    per_cpu_second = {dtype: matmul_gflops_per_cpu_second(name)
+                      for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16"))}
     from engine.machine import print_machine
 
     machine = print_machine()  # after every timed run, so the probe cannot disturb them
-    lines, roofline = roofline_lines(ours, machine)
+    lines, roofline = roofline_lines(ours, {**machine, "per_cpu_second": per_cpu_second})
     print("\n".join(lines))
     rss = []
     if not args.skip_rss:
