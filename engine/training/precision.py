@@ -5,8 +5,8 @@ instructions exist, not that torch's oneDNN kernels use them well on this build,
 rests on a measured matmul: bf16 is picked when it runs at least `BF16_SPEEDUP_NEEDED` times the
 fp32 GFLOP/s (an AVX512-BF16 EPYC measured 481 against 80, an AMX Xeon 1914 against 212; a CPU
 without bf16 instructions emulates it, slower than fp32). The probe takes about a second and is
-cached per machine in the cache dir, keyed by the CPU model, its whole flag set and the torch
-version, so a new torch or another CPU measures again.
+cached per machine in the cache dir, keyed by the CPU model, its whole flag set, the core count
+and the torch version, so a new torch or another CPU measures again.
 
 bf16 here means the base weights in bf16 and the LoRA weights, trainable token rows and the
 optimizer state in fp32 (`engine.training.model.build_model` keeps them so; docs/training.md has
