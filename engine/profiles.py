@@ -49,7 +49,8 @@ class DeviceSection:
     """Where and in what precision the model runs."""
 
     device: str = _knob("auto", choices=("auto", "cpu", "cuda"))
-    precision: str = _knob("fp32", choices=("fp32", "bf16", "int8", "int4"))
+    # auto: bf16 where the device runs it fast (measured), else fp32 (engine.training.precision)
+    precision: str = _knob("auto", choices=("auto", "fp32", "bf16", "int8", "int4"))
     threads: int = _knob(0, minimum=0)  # 0: let the library choose
 
 

@@ -64,6 +64,8 @@ def run_card(recipe: Any, result: Any, evals: list[tuple[int, float]]) -> dict[s
         "data": {"source": str(recipe.cfg.data) if recipe.cfg.data else "demo corpus",
                  **recipe.data.summary()},
         "placement": {"device": recipe.placement.device, "precision": recipe.placement.precision,
+                      "precision_requested": recipe.precision.requested,
+                      "precision_reason": recipe.precision.reason,
                       "processes": recipe.world.size, "note": recipe.placement.note},
         "metrics": {
             "steps": result.steps, "max_steps": recipe.max_steps,

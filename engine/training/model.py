@@ -110,6 +110,7 @@ def lora_config(profile: Any, model: Any, hypertokenizer: Any) -> Any:
 
 def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
     """Base + hypertoken rows + LoRA: the PEFT model, with only the adapter trainable."""
+    import torch
     from peft import get_peft_model
 
     from engine.tokenizer import resize_embeddings
@@ -117,7 +118,17 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
     model = load_base(profile.model.base, placement, profile.training.gradient_checkpointing)
     resize_embeddings(model, hypertokenizer)
     peft_model = get_peft_model(model, lora_config(profile, model, hypertokenizer))
+    # A bf16 base keeps what trains in fp32 (PEFT already does; this holds it if PEFT changes):
+    # the LoRA updates are ~1e-4 of a weight, below bf16's 8-bit mantissa, and AdamW's state
+    # follows the parameter's dtype.
+    for param in peft_model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     from engine.training.dropout import use_fast_dropout
 
     use_fast_dropout(peft_model)
+    if placement.precision == "bf16":
+        from engine.training.adapter_compute import compute_adapters_in
+
+        compute_adapters_in(peft_model, torch.bfloat16)
     return peft_model

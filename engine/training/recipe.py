@@ -15,6 +15,7 @@ states. This module knows nothing of the daemon or the console.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import resource
@@ -35,6 +36,7 @@ from engine.training import distributed, sharding
 from engine.training.loss import STATS_SIZE, LossModel, summarise, to_device
 from engine.training.model import Placement, build_model, resolve_device
 from engine.training.plot import write_loss_png
+from engine.training.precision import AUTO, PrecisionChoice, resolve_precision
 
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on request, a checkpoint was written
 Event = dict[str, Any]
@@ -101,8 +103,13 @@ def load_scenes(path: Path | None, profile: Any, hypertokenizer: Any
     return scenes, errors
 
 
-def fingerprint(profile: Any, mode: str, max_steps: int, processes: int) -> dict[str, Any]:
-    """What must not change between a run and its resume (everything that shapes the numbers)."""
+def fingerprint(profile: Any, mode: str, max_steps: int, processes: int,
+                precision: str | None = None) -> dict[str, Any]:
+    """What must not change between a run and its resume (everything that shapes the numbers).
+
+    `precision` is the one the run uses (what `auto` resolved to), so that a run resumed where
+    `auto` picks otherwise is refused rather than continued in other numerics.
+    """
     data = profile.to_dict()
     training = dict(data["training"])
     # The strategy shapes no number (DDP and FSDP take the same steps) and checkpoints hold whole
@@ -111,7 +118,7 @@ def fingerprint(profile: Any, mode: str, max_steps: int, processes: int) -> dict
                  "strategy"):
         training.pop(knob)
     training.update(mode=mode, max_steps=max_steps)
-    return {"model": data["model"], "precision": data["device"]["precision"],
+    return {"model": data["model"], "precision": precision or data["device"]["precision"],
             "tokenizer": data["tokenizer"], "scenes": data["scenes"], "lora": data["lora"],
             "training": training, "system_prompt": data["inference"]["system_prompt"],
             "processes": processes}
@@ -189,10 +196,15 @@ class LoRARecipe:
         from engine.tokenizer import Hypertokenizer
 
         section = self.section
-        self.placement: Placement = resolve_device(self.profile.device.device,
-                                                   self.profile.device.precision,
-                                                   self.world.local_rank)
-        distributed.init(self.world, self.placement.device)
+        wanted = self.profile.device.precision
+        placement = resolve_device(self.profile.device.device, wanted, self.world.local_rank)
+        distributed.init(self.world, placement.device)
+        # Rank 0 decides (the probe is cached per machine) so that every process agrees.
+        self.precision: PrecisionChoice = distributed.broadcast_object(
+            resolve_precision(wanted, placement.device) if self.world.is_main else None,
+            self.world)
+        self.placement: Placement = dataclasses.replace(placement,
+                                                        precision=self.precision.precision)
         self.mode = self.cfg.mode or section.mode
         self.run_dir = Path(self.cfg.run_dir or default_run_dir(self.profile, self.mode))
         self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.world))
@@ -200,6 +212,9 @@ class LoRARecipe:
             self._prepare_run_dir()
         if self.placement.note:
             self.log(self.placement.note)
+        if self.precision.requested == AUTO:
+            self.log(f"precision auto: {self.precision.precision}, because "
+                     f"{self.precision.reason}")
         torch.manual_seed(section.seed)
         random.seed(section.seed)
         if self.profile.device.threads:
@@ -232,7 +247,8 @@ class LoRARecipe:
 
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, min(section.warmup_steps, self.max_steps), self.max_steps)
-        self.fingerprint = fingerprint(self.profile, self.mode, self.max_steps, self.world.size)
+        self.fingerprint = fingerprint(self.profile, self.mode, self.max_steps, self.world.size,
+                                       self.placement.precision)
         self.step = 0
         self.tokens_seen = 0
         self.train_seconds = 0.0
