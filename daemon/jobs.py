@@ -391,14 +391,23 @@ class JobStore:
         # Heavy is the kind's alone: a client cannot ask for two trainings at once.
         heavy = job_kind(kind).heavy
         params = job_kind(kind).check_params(params)
-        cursor = self.db.execute(
-            "INSERT INTO jobs(kind, profile, params, state, request_id, heavy, created) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (kind, profile, json.dumps(params), "queued", request_id, int(heavy), time.time()))
-        job_id = cursor.lastrowid
-        run_dir = self.jobs_dir / str(job_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.db.execute("UPDATE jobs SET run_dir=? WHERE id=?", (str(run_dir), job_id))
+        # One transaction: a job whose run dir cannot be made (a full disk) is not left queued
+        # without one, unknown to the client that was told the submit failed.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self.db.execute(
+                "INSERT INTO jobs(kind, profile, params, state, request_id, heavy, created) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (kind, profile, json.dumps(params), "queued", request_id, int(heavy),
+                 time.time()))
+            job_id = cursor.lastrowid
+            run_dir = self.jobs_dir / str(job_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.db.execute("UPDATE jobs SET run_dir=? WHERE id=?", (str(run_dir), job_id))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         return self.get(job_id), True
 
     def get(self, job_id: int) -> dict[str, Any]:

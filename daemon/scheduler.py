@@ -33,6 +33,10 @@ from engine.errors import HyperlexError, disk_full
 
 log = logging.getLogger("hyperlexd")
 Publish = Callable[[str, dict[str, Any]], None]
+# While jobs are queued and a slot is free, the loop's timer looks at the queue this often: a
+# job that could not start for want of disk space starts once the space is back, even when no
+# submit or exit comes to wake the scheduler.
+START_RETRY_S = 1.0
 
 
 class Process(Protocol):
@@ -88,6 +92,7 @@ class JobScheduler:
         # retried on the loop's timer until the store takes it.
         self.pending_exits: dict[int, dict[str, Any]] = {}
         self.unsaved_events: set[int] = set()  # jobs whose progress writes failed (said once)
+        self.next_queue_look = 0.0  # monotonic time of the timer's next look at the queue
         self.refresh_counts()
 
     # --- start and stop -------------------------------------------------------------------------
@@ -103,7 +108,7 @@ class JobScheduler:
                 killed = False
             log.warning("job %s was running when the daemon died: interrupted%s", job["id"],
                         " (killed its leftover processes)" if killed else "")
-            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] "
+            self.log_line(job.get("run_dir"), f"{stamp()} [daemon] "
                                                "interrupted: the daemon stopped")
         if resume_interrupted:
             for job in self.store.requeue_for_resume():
@@ -117,9 +122,15 @@ class JobScheduler:
             proc.terminate()
 
     def check_timers(self) -> None:
-        """The loop's timer: SIGKILL overdue jobs, retry final states that could not be saved."""
+        """The loop's timer: SIGKILL overdue jobs, retry final states that could not be saved,
+        and start jobs that waited for disk space."""
         if self.pending_exits:
             self.retry_pending_exits()
+        now = time.monotonic()
+        if now >= self.next_queue_look:
+            self.next_queue_look = now + START_RETRY_S
+            if self._slot_free():  # one read of the queue a second, while a slot is free
+                self.schedule()
         for proc in self.running.values():
             if proc.kill_if_overdue(self.cancel_grace_s):
                 log.warning("job %s did not stop within %.0f s: SIGKILL", proc.job_id,
@@ -143,6 +154,10 @@ class JobScheduler:
         self.publish(STATUS_TOPIC, {"event": "job", "id": job_id, "state": state})
 
     # --- scheduling -----------------------------------------------------------------------------
+
+    def _slot_free(self) -> bool:
+        heavy = len(self.heavy)
+        return heavy < self.heavy_jobs or len(self.running) - heavy < self.light_jobs
 
     def schedule(self) -> None:
         """Start queued jobs, oldest first, while the heavy and light limits allow."""
@@ -184,7 +199,7 @@ class JobScheduler:
             self.heavy.discard(job["id"])
             if proc is not None:  # started, then the bookkeeping failed: do not leave it behind
                 proc.terminate()
-            self._log_line(job.get("run_dir"), f"{stamp()} [daemon] failed: {error}")
+            self.log_line(job.get("run_dir"), f"{stamp()} [daemon] failed: {error}")
             # Saved like an exit's final state: retried on the timer if the store refuses, and
             # never started again meanwhile.
             self.pending_exits[job["id"]] = {"state": "failed", "finished": time.time(),
@@ -212,7 +227,7 @@ class JobScheduler:
         return True
 
     @staticmethod
-    def _log_line(run_dir: str | Path | None, line: str) -> None:
+    def log_line(run_dir: str | Path | None, line: str) -> None:
         """A line in a job's log when it can be written; a full disk or a missing run dir
         must never stop the bookkeeping that follows."""
         if not run_dir or not Path(run_dir).is_dir():
@@ -319,7 +334,7 @@ class JobScheduler:
             except OSError:
                 tail = []
             error = f"exit code {rc}" + (f": {tail[-1]}" if tail else "")
-        self._log_line(joblog.path.parent, f"{now} [daemon] {state} (exit code {rc})")
+        self.log_line(joblog.path.parent, f"{now} [daemon] {state} (exit code {rc})")
         self.pending_exits[job_id] = {"state": state, "finished": time.time(), "error": error,
                                       "rc": rc, "logged": False}
         self._save_exit(job_id)

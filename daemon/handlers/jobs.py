@@ -38,8 +38,10 @@ def submit(server: Server, req: api.JobSubmitRequest, msg: proto.Message) -> api
     job, created = server.store.submit(req.kind, profile, dict(params), req.request_id,
                                        server.settings.max_queue)
     if created:
-        JobLog(Path(job["run_dir"])).append(f"{time.strftime('%F %T')} [daemon] queued "
-                                            f"{req.kind} with {params}")
+        # The job is queued once its row is saved: a log line the full disk refuses does not
+        # make the reply say otherwise (the client would not know the job it left queued).
+        server.scheduler.log_line(job["run_dir"], f"{time.strftime('%F %T')} [daemon] queued "
+                                                   f"{req.kind} with {params}")
         server.scheduler.publish_state(job["id"], "queued")
         server.scheduler.schedule()
         job = server.store.get(job["id"])

@@ -25,10 +25,12 @@ START_TIMEOUT_S = 30.0
 class DaemonProcess:
     """A hyperlexd started for a test."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, home: Path | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, home: Path | None = None,
+                 log_dir: Path | None = None):
         self.args = args
         self.home = Path(home or os.environ["HYPERLEX_HOME"])
-        self.log = self.home / f"daemon-{time.monotonic_ns()}.log"
+        # `log_dir` off the home keeps the daemon's output whole when a test fills that disk.
+        self.log = Path(log_dir or self.home) / f"daemon-{time.monotonic_ns()}.log"
         self.out = open(self.log, "wb")
         full_env = dict(os.environ, PYTHONPATH=str(ROOT), HYPERLEX_HOME=str(self.home),
                         **(env or {}))
@@ -60,7 +62,8 @@ class DaemonProcess:
         return self.home / "run" / "hyperlexd.json"
 
     def output(self) -> str:
-        self.out.flush()
+        if not self.out.closed:
+            self.out.flush()
         return self.log.read_text(errors="replace")
 
     def client(self, **kwargs) -> Client:

@@ -181,3 +181,19 @@ def test_a_job_kinds_command_line_carries_its_params_profile_run_dir_and_resume(
     fresh = job_kind("selftest").command(dict(job, resume=False))
     assert fresh[:3] == [sys.executable, "-m", "daemon.selftest_job"]
     assert "--resume" not in fresh
+
+
+def test_a_submit_whose_run_dir_cannot_be_made_leaves_no_job(store, monkeypatch):
+    """The client is told the submit failed, so no job may stay queued behind its back."""
+    kept, _ = submit(store)
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(OSError):
+        submit(store)
+    monkeypatch.undo()
+    assert [job["id"] for job in store.list()] == [kept["id"]]
+    again, created = submit(store)  # the store goes on taking jobs
+    assert created and again["run_dir"] and Path(again["run_dir"]).is_dir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,41 @@ def test_cancel_and_stop(setup):
     submit(store)
     scheduler.schedule()  # stopping: nothing new starts
     assert len(runner.started) == 2
+
+
+def test_a_job_queued_on_a_full_disk_starts_once_space_is_back_with_nothing_else_happening(
+        setup, monkeypatch):
+    """Nothing but the loop's timer runs here: no submit, no exit, no request wakes it."""
+    store, scheduler, runner, _ = setup
+    full = {"now": True}
+
+    def start(job_id, argv, run_dir, post):
+        if full["now"]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
+        return runner(job_id, argv, run_dir, post)
+
+    scheduler.runner = start
+    monkeypatch.setattr("daemon.scheduler.START_RETRY_S", 0.05)
+    job_id = submit(store)
+    scheduler.schedule()
+    assert store.get(job_id)["state"] == "queued" and job_id not in runner.started
+    scheduler.check_timers()  # still full: it stays queued and is tried again later
+    time.sleep(0.06)
+    scheduler.check_timers()
+    assert store.get(job_id)["state"] == "queued"
+    full["now"] = False
+    scheduler.check_timers()  # the next look is not due yet
+    assert job_id not in runner.started
+    time.sleep(0.06)
+    scheduler.check_timers()
+    assert store.get(job_id)["state"] == "running" and job_id in runner.started
+
+
+def test_the_timer_starts_a_job_that_was_queued_without_a_schedule(setup, monkeypatch):
+    """A job in the queue that nothing scheduled (a submit whose reply failed after the row
+    was written) is started by the timer, not left for the next event."""
+    store, scheduler, runner, _ = setup
+    monkeypatch.setattr("daemon.scheduler.START_RETRY_S", 0.05)
+    job_id = submit(store)
+    scheduler.check_timers()
+    assert store.get(job_id)["state"] == "running" and job_id in runner.started
