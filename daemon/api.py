@@ -61,9 +61,14 @@ class Reply:
     """A reply's content; `extra` (when a reply has it) is spread into the top level."""
 
     def content(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {name: getattr(self, name) for name in _field_names(type(self))}
         out.update(out.pop("extra", None) or {})
         return out
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _memory_name(value: str) -> None:

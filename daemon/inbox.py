@@ -88,6 +88,8 @@ class Inbox:
     def drain(self) -> Iterator[tuple[Any, ...]]:
         """The items waiting now, oldest first (loop thread only)."""
         self._loop_thread = threading.get_ident()
+        if self._queue.empty():  # most passes: cheaper than the Empty a get raises
+            return
         while True:
             try:
                 size, item = self._queue.get_nowait()

@@ -6,7 +6,13 @@ A message is a list of ZeroMQ frames:
 
 `header` is `{msg_id, msg_type, session, seq, date, version}` (events add `topic`), and every
 frame is JSON. The signature is HMAC-SHA256 over the length-prefixed frames that follow it (and,
-for events, the topic frame before it), keyed from the connection file. Each sending session
+for events, the topic frame before it), keyed from the connection file.
+
+Consecutive events of one topic may travel as one message, a batch: the header's `seq` and the
+content are the batch's last event, and a fifth signed frame after the content holds the
+events before it, in order (a JSON array of their data, `earlier` of them, numbered
+`seq - earlier` to `seq - 1`). A reader that knows only four frames refuses a batch as
+BadFrames and, seeing the gap, fetches those events by snapshot: slower, never wrong. Each sending session
 numbers its messages with a monotonic `seq`; a receiver rejects a `seq` it has seen (a replay)
 and a `date` outside its window (`DATE_WINDOW_S`), so a session it has forgotten cannot replay.
 Frames nest at most `MAX_DEPTH` deep: deeper JSON is refused as BadJSON before anything walks it.
@@ -18,14 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
-import threading
+import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 PROTOCOL_VERSION = "1.0"
 SUPPORTED_VERSIONS = ("1.0",)
@@ -36,6 +44,7 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 # Routing frames + delimiter + signature + three JSON frames, with room for a few router hops.
 MAX_FRAMES = 12
 HEADER_KEYS = ("msg_id", "msg_type", "session", "seq", "date", "version")
+_HEADER_KEY_SET = frozenset(HEADER_KEYS)
 # Arrays and objects nest at most this deep in any frame: real requests nest 3 or 4 levels, and
 # a bound far below the interpreter's recursion limit lets every later walk (validation, the
 # reply's echo of the header) recurse safely.
@@ -68,6 +77,8 @@ class Message:
     parent_header: dict[str, Any]
     content: dict[str, Any]
     routing: list[bytes] = field(default_factory=list)
+    # A batch of events: the data of the events before this one, oldest first.
+    earlier: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def msg_type(self) -> str:
@@ -84,11 +95,33 @@ def now_iso() -> str:
 
 
 def new_id() -> str:
-    """A fresh message or session id."""
-    return uuid.uuid4().hex
+    """A fresh message or session id: 128 random bits in hex, as a uuid4's hex (and about
+    twice as fast to make)."""
+    return os.urandom(16).hex()
 
 
-def _dumps(obj: Any) -> bytes:
+# orjson writes and reads a frame in about a fifth of the standard library's time (0.2 against
+# 2.2 us for a header); the keys of dicts that are not strings become strings, as json does.
+# Dataclasses and datetimes are passed to no default, so they fail as they do with json.
+_ORJSON_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+                   | orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def dumps(obj: Any) -> bytes:
+    """`obj` as one frame of compact UTF-8 JSON."""
+    try:
+        data = orjson.dumps(obj, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: past 64 bits, a lone surrogate, an object
+        return _dumps_std(obj)
+    if b"null" in data:
+        # orjson writes NaN and the infinities as null; the standard library writes them as
+        # NaN and Infinity, which the receiver reads back and refuses by name. A frame with a
+        # real null (or the word in a string) only takes the slower path.
+        return _dumps_std(obj)
+    return data
+
+
+def _dumps_std(obj: Any) -> bytes:
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode()
@@ -96,6 +129,23 @@ def _dumps(obj: Any) -> bytes:
         # A lone surrogate (an error reply echoing a client's header, say) has no UTF-8 form;
         # ASCII JSON escapes it as \udXXX, which every JSON reader takes back.
         return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# 19 digits in a row: maybe an integer past 64 bits, which orjson reads as a float. Found by
+# mapping every digit to 0 and searching for nineteen of them: a tenth of a regex's time.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+
+
+def _loads(frame: bytes) -> Any:
+    """A frame's JSON: orjson, or the standard library for what orjson refuses or changes and
+    json keeps (NaN, escaped lone surrogates, integers past 64 bits) and for its error message."""
+    if _LONG_DIGITS not in frame.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(frame)
 
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
@@ -118,7 +168,7 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 def _loads_object(frame: bytes, name: str, header: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
-        value = json.loads(frame)
+        value = _loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("BadJSON", f"{name} frame is not JSON: {exc}", header) from None
     except RecursionError:  # the C decoder recurses per nesting level
@@ -126,7 +176,9 @@ def _loads_object(frame: bytes, name: str, header: dict[str, Any] | None = None)
                             header) from None
     if not isinstance(value, dict):
         raise ProtocolError("BadJSON", f"{name} frame must be a JSON object", header)
-    if depth_exceeds(value):
+    # Nesting is never deeper than the count of brackets that open it: most frames are
+    # cleared by that count (C speed) without walking them.
+    if frame.count(b"[") + frame.count(b"{") > MAX_DEPTH and depth_exceeds(value):
         raise ProtocolError("BadJSON", f"{name} frame nests deeper than {MAX_DEPTH}",
                             header if name != "header" else None)
     return value
@@ -213,36 +265,55 @@ class Session:
         if not key:
             raise ValueError("an HMAC key is required")
         self.key = key
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once, copied per message
+        # HMAC-SHA256 (RFC 2104) from its two keyed hashes, each keyed once and copied per
+        # message: every call is then one into C (the hmac module's wrapper cost a
+        # microsecond or two a message in Python calls).
+        block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self.session_id = session_id or new_id()
-        self._seq = 0
-        self._lock = threading.Lock()
+        # next() of a count is one C call, atomic under the GIL: no lock needed between the
+        # threads that send through one session.
+        self._seqs = itertools.count(1)
 
     def next_seq(self) -> int:
-        with self._lock:
-            self._seq += 1
-            return self._seq
+        return next(self._seqs)
 
     def sign(self, frames: list[bytes]) -> bytes:
         """HMAC-SHA256 over length-prefixed frames (so frame boundaries cannot shift)."""
-        mac = self._mac.copy()
+        inner = self._inner.copy()
+        update = inner.update
         for frame in frames:
-            mac.update(len(frame).to_bytes(8, "big"))
-            mac.update(frame)
-        return mac.hexdigest().encode()
+            update(len(frame).to_bytes(8, "big"))
+            update(frame)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
 
     def header(self, msg_type: str, *, msg_id: str | None = None, seq: int | None = None,
                **extra: Any) -> dict[str, Any]:
         """A fresh header for a message of `msg_type`."""
-        return {"msg_id": msg_id or new_id(), "msg_type": msg_type, "session": self.session_id,
-                "seq": self.next_seq() if seq is None else seq, "date": now_iso(),
-                "version": PROTOCOL_VERSION, **extra}
+        header = {"msg_id": msg_id or new_id(), "msg_type": msg_type,
+                  "session": self.session_id, "seq": next(self._seqs) if seq is None else seq,
+                  "date": datetime.now(timezone.utc).isoformat(), "version": PROTOCOL_VERSION}
+        if extra:
+            header.update(extra)
+        return header
 
-    def serialize(self, header: dict[str, Any], content: dict[str, Any],
+    def serialize(self, header: dict[str, Any], content: dict[str, Any] | bytes,
                   parent_header: dict[str, Any] | None = None, *,
-                  routing: list[bytes] | None = None, topic: bytes | None = None) -> list[bytes]:
-        """Frames for one message, signed. `topic` (events) leads and is signed too."""
-        body = [_dumps(header), _dumps(parent_header or {}), _dumps(content)]
+                  routing: list[bytes] | None = None, topic: bytes | None = None,
+                  earlier: bytes | None = None) -> list[bytes]:
+        """Frames for one message, signed. `topic` (events) leads and is signed too.
+
+        `content` may come encoded already (an event's data, encoded when it was published);
+        `earlier` is a batch's frame of earlier events, a JSON array (see the module doc).
+        """
+        body = [dumps(header), dumps(parent_header) if parent_header else b"{}",
+                content if isinstance(content, bytes) else dumps(content)]
+        if earlier is not None:
+            body.append(earlier)
         signed = ([topic] if topic is not None else []) + body
         prefix = list(routing or []) + ([topic] if topic is not None else [])
         return prefix + [DELIMITER, self.sign(signed)] + body
@@ -267,10 +338,10 @@ class Session:
         except ValueError:
             raise ProtocolError("BadFrames", "no delimiter frame") from None
         routing, rest = list(frames[:cut]), frames[cut + 1:]
-        if len(rest) != 4:
+        if len(rest) != 4 and not (topic_frame and len(rest) == 5):
             raise ProtocolError("BadFrames", f"expected 4 frames after the delimiter, got {len(rest)}")
-        signature, header_f, parent_f, content_f = rest
-        signed = [header_f, parent_f, content_f]
+        signature, header_f, parent_f, content_f = rest[:4]
+        signed = rest[1:]
         if topic_frame:
             if not routing:
                 raise ProtocolError("BadFrames", "event without a topic frame")
@@ -280,8 +351,8 @@ class Session:
         if not hmac.compare_digest(signature, self.sign(signed)):
             raise ProtocolError("BadSignature", "signature does not match (wrong key?)")
         header = _loads_object(header_f, "header")
-        missing = [k for k in HEADER_KEYS if k not in header]
-        if missing:
+        if not header.keys() >= _HEADER_KEY_SET:
+            missing = [k for k in HEADER_KEYS if k not in header]
             raise ProtocolError("BadHeader", f"header lacks {', '.join(missing)}", header)
         if not isinstance(header["msg_type"], str) or not isinstance(header["session"], str) \
                 or not isinstance(header["msg_id"], str):
@@ -289,12 +360,33 @@ class Session:
         if not isinstance(header["seq"], int) or isinstance(header["seq"], bool) \
                 or header["seq"] < 1:
             raise ProtocolError("BadHeader", "seq must be a positive integer", header)
-        if major(header["version"]) != major(PROTOCOL_VERSION):
+        if header["version"] != PROTOCOL_VERSION \
+                and major(header["version"]) != major(PROTOCOL_VERSION):
             raise ProtocolError("VersionMismatch", f"protocol {header['version']} is not "
                                 f"supported (this side speaks {PROTOCOL_VERSION})", header)
-        parent = _loads_object(parent_f, "parent_header", header)
+        parent = {} if parent_f == b"{}" else _loads_object(parent_f, "parent_header", header)
         content = _loads_object(content_f, "content", header)
-        return Message(header=header, parent_header=parent, content=content, routing=routing)
+        earlier = _loads_earlier(rest[4], header) if len(rest) == 5 else []
+        return Message(header=header, parent_header=parent, content=content, routing=routing,
+                       earlier=earlier)
+
+
+def _loads_earlier(frame: bytes, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """A batch's frame of earlier events: a JSON array of objects, as many as the header says."""
+    try:
+        value = _loads(frame)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError("BadJSON", "earlier-events frame is not JSON", header) from None
+    count = header.get("earlier")
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ProtocolError("BadJSON", "earlier-events frame must be an array of objects", header)
+    if count != len(value) or isinstance(count, bool) or count >= header["seq"]:
+        raise ProtocolError("BadHeader", f"header says {count!r} earlier events, the frame "
+                            f"holds {len(value)} (before seq {header['seq']})", header)
+    if depth_exceeds(value, MAX_DEPTH + 1):
+        raise ProtocolError("BadJSON", f"earlier-events frame nests deeper than {MAX_DEPTH}",
+                            header)
+    return value
 
 
 def reply_type(msg_type: str) -> str:

@@ -197,7 +197,8 @@ class Server:
                                    keep_alive_s=self.settings.keep_alive_s,
                                    max_queued=self.settings.max_queued_chats,
                                    max_queued_bytes=self.settings.max_queued_chat_bytes,
-                                   opener=self.options.chat_opener or open_profile_backend,
+                                   opener=self._following_load(
+                                       self.options.chat_opener or open_profile_backend),
                                    router=loaded.router,
                                    memory=lambda profile, name:
                                    loaded.open_memory(profile, self.dirs.state, name))
@@ -227,6 +228,20 @@ class Server:
         service.start()
         log.info("HTTP gateway on %s", service.url)
         return service
+
+    def _following_load(self, opener: Callable[[str], tuple[Any, Any]]
+                        ) -> Callable[[str], tuple[Any, Any]]:
+        """`opener`, whose backends are told whether a job runs: llama.cpp decodes on every
+        physical core when none does and on fewer beside one. Light jobs count too: a
+        selftest or scenes job needs a core as well, and with chats on every core the soak's
+        jobs drained too slowly to finish in time."""
+        def open_backend(profile_name: str) -> tuple[Any, Any]:
+            backend, profile = opener(profile_name)
+            if hasattr(backend, "busy"):
+                # Read on the chat thread: a dict's truth is one atomic read of its size.
+                backend.busy = lambda: bool(self.scheduler.running)
+            return backend, profile
+        return open_backend
 
     @property
     def running(self) -> dict[int, Any]:
@@ -271,6 +286,7 @@ class Server:
         try:
             while True:
                 self.heartbeat_if_due()
+                self.transport.flush_events()  # what this pass published, before waiting
                 now = time.monotonic()
                 timeout_ms = max(0, min(200, int((self._next_heartbeat - now) * 1000)))
                 ready = dict(poller.poll(timeout_ms))
@@ -329,7 +345,8 @@ class Server:
     # --- events and loop state ------------------------------------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
-        """Number, keep and send an event. Loop thread only."""
+        """Number, keep and send an event (sent by the end of this pass of the loop, batched
+        with the events of its topic published just before and after it). Loop thread only."""
         event = self.history.record(topic, data)
         self.history.account(event, self.transport.send_event(topic, event.seq, data))
 

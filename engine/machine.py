@@ -10,6 +10,7 @@ daemon or the console, and imports torch only inside the probe, so importing it 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -107,6 +108,42 @@ def parse_physical_cores(text: str) -> int | None:
                 cores.add((physical or "0", core))
             physical = core = None
     return len(cores) or None
+
+
+@functools.cache
+def usable_physical_cores() -> int:
+    """Physical cores this process may run on: the CPUs its affinity allows, counted in
+    physical cores (/proc/cpuinfo's cores per logical CPU); the logical count where cpuinfo
+    does not say. Worked out once: llama.cpp asks before every generation."""
+    logical = os.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = logical
+    physical = parse_physical_cores(_read_cpuinfo() or "") or logical
+    return max(1, round(allowed * min(physical, logical) / logical))
+
+
+def other_runnable_tasks(samples: int = 3, gap_s: float = 0.002) -> int | None:
+    """Tasks besides the caller ready to run on this machine now: the fewest of a few
+    samples of /proc/loadavg's runnable count (an instant figure, not the averages), less the
+    caller; None where there is no /proc."""
+    counts = []
+    for index in range(samples):
+        if index:
+            time.sleep(gap_s)
+        try:
+            field = Path("/proc/loadavg").read_text().split()[3]
+            counts.append(int(field.split("/", 1)[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+    return max(0, min(counts) - 1)
+
+
+def machine_is_busy() -> bool:
+    """Whether other work keeps at least half of this machine's CPUs running now."""
+    others = other_runnable_tasks()
+    return others is not None and others >= max(1, (os.cpu_count() or 1) // 2)
 
 
 def _read_cpuinfo() -> str | None:

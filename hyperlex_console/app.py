@@ -88,6 +88,9 @@ class HyperlexConsole(App):
     def on_mount(self) -> None:
         if self.startup_note:
             self.notify(self.startup_note, title="hyperlexd")
+
+    def on_main_screen_panes_mounted(self, message: MainScreen.PanesMounted) -> None:
+        # Connected only once every pane is there: each then sees the connection and events.
         if self._connect:
             self.run_worker(self.link.run(), name="daemon-link", exit_on_error=False)
 
@@ -154,8 +157,8 @@ class HyperlexConsole(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for i, (name, pane) in enumerate(PANES):
-            yield SystemCommand(f"Go to {pane.title}", f"key {i + 1}",
+        for i, (name, title, _) in enumerate(PANES):
+            yield SystemCommand(f"Go to {title}", f"key {i + 1}",
                                 partial(self.main.action_show_tab, name))
         for title, help_text, pane, action in PALETTE:
             if self.read_only and action in MUTATING_ACTIONS:

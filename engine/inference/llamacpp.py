@@ -25,7 +25,6 @@ import codecs
 import ctypes
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from engine.inference.base import (
     tokenize_segments,
 )
 from engine.inference.streaming import StopScanner
+from engine.machine import machine_is_busy, usable_physical_cores
 from engine.models import file_sha256, gguf_path, read_gguf_info
 from engine.paths import dirs
 
@@ -68,10 +68,30 @@ def import_llama_cpp() -> Any:
     return llama_cpp
 
 
+def chat_threads(cores: int, busy: bool) -> int:
+    """The threads llama.cpp decodes with, given the physical cores and whether a job (a
+    training job above all) runs beside it.
+
+    Idle: every physical core (SmolLM2 Q4_1 on an idle 2-core Xeon: 94.5 tokens/s on 2
+    threads, 58.7 on 1; a hyperthread sibling adds nothing to a decode bound by memory).
+    Beside a job, or other work that keeps half the CPUs running: a quarter of them, at least
+    one. llama.cpp's workers wait for each other at every operation of a token, spinning, so
+    a pool as wide as the machine fights the other work for every core: on a 2-core EPYC
+    beside a tiny training job, 2 threads decoded 2.5 tokens/s and 1 thread 26.8, and the job
+    itself ran 743 against 965 tokens/s (bench/inference.py part g).
+    """
+    cores = max(1, cores)
+    return max(1, cores // 4) if busy else cores
+
+
 class LlamaCppBackend:
     """llama-cpp-python on one GGUF file, with hot-swapped LoRA adapters."""
 
     name = "llamacpp"
+    # Whether a job runs now, asked before each generation and every `FIT_EVERY` tokens by
+    # whoever knows (the daemon sets it); None: only other work on the machine counts.
+    busy: Callable[[], bool] | None = None
+    FIT_EVERY = 16
 
     def __init__(self, model_file: Path, *, n_ctx: int = 2048, threads: int = 0, seed: int = 0,
                  system_prompt: str = "",
@@ -81,7 +101,8 @@ class LlamaCppBackend:
         Args:
             model_file: the base GGUF; adapters are exported against it.
             n_ctx: the context window.
-            threads: CPU threads; 0 for half the logical CPUs.
+            threads: CPU threads; 0 to follow the load (`chat_threads`: every physical core
+                when no job runs, fewer while one does).
             seed: the sampling seed.
             system_prompt: put before chats that have no system message.
             progress: called with (stage, done, total) while an extended base is built.
@@ -95,11 +116,13 @@ class LlamaCppBackend:
         self.progress = progress
         self._seed = seed
         self._closed = False
-        # 0: llama-cpp-python's own default, half the logical CPUs. Using every CPU looks
-        # faster on an idle machine, but llama.cpp's spinning thread pool collapses when other
-        # work shares the cores: measured 27 tok/s on 1 thread vs 1-6 tok/s on 2 threads for
-        # SmolLM2 on a busy 2-core machine.
-        self._threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        # 0: by load (see chat_threads and fit_threads). A fixed count is kept as given: on a
+        # machine shared with work the daemon does not see, 1 keeps llama.cpp's spinning pool
+        # from collapsing (measured 27 tok/s on 1 thread vs 1-6 on 2 for SmolLM2 on a busy
+        # 2-core machine).
+        self._fixed_threads = threads
+        self._machine_busy = False  # other work seen before the current generation
+        self._threads = threads or chat_threads(usable_physical_cores(), busy=False)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora_p
         self._adapter_files: dict[str, Path] = {}  # name -> its GGUF LoRA (to reload it)
         self._vocabularies: dict[str, str] = {}  # name -> key of the extended base it needs
@@ -118,6 +141,39 @@ class LlamaCppBackend:
             raise ModelFormatError(f"llama.cpp could not load {model_file}: {exc}") from exc
         self.model_file = Path(model_file)
         self._formatter = self._chat_formatter()
+
+    @property
+    def threads(self) -> int:
+        """The threads the next token is decoded with."""
+        return self._threads
+
+    def fit_threads(self, *, look_at_machine: bool = False) -> int:
+        """Decode with the threads the load allows now; a fixed count stays. The load is a
+        job (`busy`), or other work on the machine, which is looked at only when asked
+        (before a generation: once decoding, our own threads would count) and then holds for
+        that generation. Cheap: llama.cpp reads its thread count at each decode. Returns the
+        count in use."""
+        if self._fixed_threads:
+            return self._threads
+        if look_at_machine:
+            self._machine_busy = machine_is_busy()
+        busy = self._machine_busy or (self.busy is not None and bool(self.busy()))
+        self._use_threads(chat_threads(usable_physical_cores(), busy))
+        return self._threads
+
+    def set_threads(self, threads: int) -> None:
+        """Decode with `threads` from the next token on, whatever the load; 0: follow the
+        load again (`fit_threads`)."""
+        self._fixed_threads = max(0, int(threads))
+        if self._fixed_threads:
+            self._use_threads(self._fixed_threads)
+        else:
+            self.fit_threads(look_at_machine=True)
+
+    def _use_threads(self, threads: int) -> None:
+        if threads != self._threads:
+            self._llama_cpp.llama_set_n_threads(self.llama.ctx, threads, threads)
+            self._threads = threads
 
     @classmethod
     def from_profile(cls, profile: Any) -> LlamaCppBackend:
@@ -378,9 +434,12 @@ class LlamaCppBackend:
         produced = 0
         token_ids: list[int] = []
         finish = "length"
+        self.fit_threads(look_at_machine=True)  # before the prompt, the widest decode
         for token in self.llama.generate(
                 tokens, temp=request.temperature, top_p=request.top_p, top_k=0, min_p=0.0,
                 repeat_penalty=1.0, grammar=grammar):
+            if produced % self.FIT_EVERY == self.FIT_EVERY - 1:
+                self.fit_threads()  # a job that started or ended mid-answer
             if request.cancelled:
                 finish = "cancelled"
                 break

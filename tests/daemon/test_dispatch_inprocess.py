@@ -132,3 +132,20 @@ def test_a_chat_streams_from_the_fake_backend(make_daemon):
         time.sleep(0.01)
     else:
         raise AssertionError("the chat never finished")
+
+
+def test_chat_backends_are_told_whether_a_job_runs(make_daemon):
+    class Backend:  # a backend that follows the load, as llama.cpp's does
+        busy = None
+
+    runner = FakeRunner()
+    daemon = make_daemon(runner)
+    backend, _ = daemon.server._following_load(lambda name: (Backend(), None))("tiny-test")
+    assert backend.busy is not None and backend.busy() is False
+    for kind in ("selftest-heavy", "selftest"):  # a light job needs a core too
+        job = daemon.call("job_submit", kind=kind)["job"]["id"]
+        daemon.wait_job(job, "running")
+        assert backend.busy() is True
+        runner.started[job].exit(0)
+        daemon.wait_job(job, "succeeded")
+        assert backend.busy() is False

@@ -26,7 +26,10 @@ def _drain(stream, count, timeout=30.0):
 
 
 def test_dropped_events_are_detected_as_a_gap_and_recovered(start_daemon):
-    daemon = start_daemon(env={"HYPERLEX_DAEMON_EVENT_HWM": "200", **TEST_HOOKS})
+    # Events of one topic travel in batches of at most EVENT_MAX_BYTES: 1 KiB keeps them to a
+    # few events a message, so 5000 of them still overflow the tiny queues.
+    daemon = start_daemon(env={"HYPERLEX_DAEMON_EVENT_HWM": "200",
+                               "HYPERLEX_DAEMON_EVENT_MAX_BYTES": "1024", **TEST_HOOKS})
     count = 5000
     with daemon.client(timeout=60.0) as client, client.events("bench.gap", rcvhwm=50) as stream:
         client.event_burst(count, size=64, name="gap")
