@@ -315,9 +315,9 @@ class AsyncClient(_RequestMethods):
             for attempt in range(attempts):
                 # Each try is a new message (fresh seq, so not a replay) answering the same id.
                 _, frames = self.session.request(msg_type, content, msg_id=msg_id)
-                await self._send(frames)
                 deadline = time.monotonic() + timeout
-                while (left := deadline - time.monotonic()) > 0:
+                sent = await self._send(frames, timeout)
+                while sent and (left := deadline - time.monotonic()) > 0:
                     frames = await self._receive(int(left * 1000) + 1)
                     if frames is None:
                         break
@@ -337,14 +337,20 @@ class AsyncClient(_RequestMethods):
             self._plain_sock = (self.sock, zmq.Socket.shadow(self.sock.underlying))
         return self._plain_sock[1]
 
-    async def _send(self, frames: list[bytes]) -> None:
+    async def _send(self, frames: list[bytes], timeout: float) -> bool:
+        """Send one request; False when it could not leave within `timeout` seconds (no peer
+        takes it, or the queue to it is full): the try then counts as unanswered."""
         if self.wait_in_zmq:
             try:
                 send_frames(self._plain(), frames)
-                return
+                return True
             except zmq.Again:
                 pass  # over the high-water mark: wait for room the asyncio way
-        await self.sock.send_multipart(frames)
+        try:
+            await asyncio.wait_for(self.sock.send_multipart(frames), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def _receive(self, timeout_ms: int) -> list[bytes] | None:
         """The next message on the request socket, or None after `timeout_ms`."""

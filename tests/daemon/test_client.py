@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 import daemon.client as client_module
 from daemon.client import (
@@ -118,6 +119,40 @@ def test_async_connect_that_fails_drops_its_subscription(tmp_path):
             client.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_a_request_that_cannot_leave_times_out_instead_of_waiting_forever(tmp_path, monkeypatch,
+                                                                          blocking):
+    """With no peer to take it (ZMQ_IMMEDIATE: nothing queues before a handshake, as after a
+    refused CURVE handshake), the send waits no longer than the request's timeout."""
+    made = AsyncClient._new_socket
+
+    def immediate(self, kind, endpoint, rcvhwm=200_000):
+        sock = made(self, kind, endpoint, rcvhwm)
+        if kind == zmq.DEALER:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.disconnect(endpoint)
+            sock.connect(endpoint)  # options apply to connections made after them
+        return sock
+
+    monkeypatch.setattr(AsyncClient, "_new_socket", immediate)
+    started = time.monotonic()
+    if blocking:
+        with Client(_nowhere(tmp_path), timeout=0.3, retries=1) as client, \
+                pytest.raises(TimeoutError, match="2 tries"):
+            client.status()
+    else:
+        async def scenario():
+            client = AsyncClient(_nowhere(tmp_path), timeout=0.3, retries=1)
+            try:
+                with pytest.raises(TimeoutError, match="2 tries"):
+                    await client.status()
+            finally:
+                client.close()
+
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 5.0
 
 
 def test_async_stream_unsubscribes_its_sync_topic(daemon, monkeypatch):
