@@ -4,6 +4,7 @@ that every benchmark under bench/ prints it after its timed part."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,10 @@ def test_a_bench_with_json_output_carries_the_machine(bench: Path) -> None:
     if '"--json"' not in text:
         pytest.skip(f"{bench.name} has no --json output")
     assert '"machine":' in text, f"{bench.name}'s --json output lacks the machine"
+
+
+def test_no_bench_is_named_like_a_standard_module() -> None:
+    """Python puts a script's own directory first on the path: a bench named like a module of
+    the standard library (bench/http.py) hides it from every other bench (http.server)."""
+    clashes = [p.name for p in BENCH.glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert clashes == []

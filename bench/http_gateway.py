@@ -1,7 +1,7 @@
 """Benchmark: the HTTP gateway against the ZeroMQ client, and its request overhead against a bare
 Uvicorn echo.
 
-    .venv/bin/python bench/http.py [--profile default] [--tokens 48] [--repeats 3]
+    .venv/bin/python bench/http_gateway.py [--profile default] [--tokens 48] [--repeats 3]
                                    [--requests 500] [--threads 1] [--json]
 
 (a) chat tokens/s through HTTP streaming (an SSE `/v1/chat/completions` read chunk by chunk
@@ -17,21 +17,15 @@ The daemon runs llama.cpp with --threads threads (1 by default keeps the figure 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named http.py, and Python puts its directory first on the path, where it would
-# hide the standard library's `http` package from everything imported below.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
-
 import argparse
 import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
