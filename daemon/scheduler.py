@@ -109,7 +109,7 @@ class JobScheduler:
             log.warning("job %s was running when the daemon died: interrupted%s", job["id"],
                         " (killed its leftover processes)" if killed else "")
             self.log_line(job.get("run_dir"), f"{stamp()} [daemon] "
-                                               "interrupted: the daemon stopped")
+                                              "interrupted: the daemon stopped")
         if resume_interrupted:
             for job in self.store.requeue_for_resume():
                 log.info("job %s will resume from %s", job["id"], job["checkpoint"])
