@@ -57,8 +57,9 @@ def group_of(name: str, shapes: list, vocab: int) -> str:
     return "other"
 
 
-def profile_steps(recipe, steps: int) -> tuple[dict[str, float], float]:
-    """Self CPU seconds by group over `steps` steps, and those steps' profiled wall seconds."""
+def profile_steps(recipe, steps: int) -> tuple[dict[str, float], float, list[tuple[str, list, float]]]:
+    """Self CPU seconds by group over `steps` steps, those steps' profiled wall seconds, and
+    every (op, input shapes, self seconds), largest first."""
     from torch.profiler import ProfilerActivity, profile
 
     vocab = recipe.peft_model.get_base_model().config.vocab_size
@@ -69,10 +70,12 @@ def profile_steps(recipe, steps: int) -> tuple[dict[str, float], float]:
             recipe.step += 1
         wall = time.perf_counter() - began
     groups: dict[str, float] = defaultdict(float)
+    ops = []
     for event in prof.key_averages(group_by_input_shape=True):
-        groups[group_of(event.key, list(event.input_shapes or []), vocab)] += (
-            event.self_cpu_time_total / 1e6)
-    return dict(groups), wall
+        shapes = list(event.input_shapes or [])
+        groups[group_of(event.key, shapes, vocab)] += event.self_cpu_time_total / 1e6
+        ops.append((event.key, shapes, event.self_cpu_time_total / 1e6))
+    return dict(groups), wall, sorted(ops, key=lambda op: -op[2])
 
 
 def main() -> None:
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="override device.precision")
     parser.add_argument("--steps", type=int, default=3, help="profiled optimizer steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (profile's)")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also list the N ops (by input shapes) with the most self time")
     args = parser.parse_args()
 
     import torch
@@ -108,7 +113,7 @@ def main() -> None:
                 tokens += recipe._train_step(recipe.micro_batches(recipe.step))[1]
                 recipe.step += 1
             plain = (time.perf_counter() - began) / args.steps
-            groups, wall = profile_steps(recipe, args.steps)
+            groups, wall, ops = profile_steps(recipe, args.steps)
         finally:
             recipe.cleanup()
     total = sum(groups.values())
@@ -122,6 +127,12 @@ def main() -> None:
     for name, seconds in sorted(groups.items(), key=lambda item: -item[1]):
         print(f"| {name} | {seconds / args.steps:.3f} | {seconds / total:.0%} |")
     print(f"| all profiled ops | {total / args.steps:.3f} | 100% |")
+    if args.top:
+        vocab = recipe.peft_model.get_base_model().config.vocab_size
+        print(f"\nthe {args.top} ops with the most self time (s / step, group, input shapes):")
+        for name, shapes, seconds in ops[:args.top]:
+            print(f"  {seconds / args.steps:7.3f}  {name:32s} "
+                  f"{group_of(name, shapes, vocab):30s} {str(shapes)[:90]}")
     from engine.machine import print_machine
 
     print_machine()

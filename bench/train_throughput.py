@@ -8,7 +8,8 @@ Same base model, same LoRA config, same samples (the demo corpus, formatted and 
 hyperlex), same number of optimizer steps, same learning-rate schedule. The baseline is the usual
 way: `Trainer` with `DataCollatorForSeq2Seq` padding each batch to its longest sample (dynamic
 padding), once in fp32 and once with `bf16=True` (autocast over fp32 weights, Trainer's own
-mixed precision). It draws as many samples per step as hyperlex's packed steps hold, so both
+mixed precision), each in a child process of its own (a fresh process, as a user runs it: the
+recipe's allocator setting, engine.training.allocator, would otherwise carry over to it). It draws as many samples per step as hyperlex's packed steps hold, so both
 see the same amount of data. hyperlex runs in the profile's precision (`auto`: what
 engine.training.precision picks here, and why) and, when that is not fp32, once more in fp32
 for the held-out loss against fp32. Throughput is real (non-padding) tokens per second of
@@ -191,6 +192,49 @@ def run_trainer(profile, recipe, steps: int, samples_per_step: int, out_dir: Pat
             "train_loss_last": losses[-1] if losses else None}
 
 
+def child_trainer(args, samples_per_step: int, bf16: bool) -> dict:
+    """Run the Trainer baseline in a child process: a fresh process, as a user runs it.
+
+    hyperlex's recipe sets the C allocator to keep freed memory for its steps
+    (engine.training.allocator), which holds for the whole process; a Trainer run after it in
+    the same process would inherit that and not be the usual way any more.
+    """
+    command = [sys.executable, __file__, "--profile", args.profile, "--steps", str(args.steps),
+               "--child-trainer", "bf16" if bf16 else "fp32",
+               "--child-samples-per-step", str(samples_per_step)]
+    for flag, value in (("--batch-size", args.batch_size), ("--max-seq-len", args.max_seq_len),
+                        ("--threads", args.threads)):
+        if value:
+            command += [flag, str(value)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"the Trainer {'bf16' if bf16 else 'fp32'} child failed "
+                         f"(exit {done.returncode}):\n" + "\n".join(done.stderr.splitlines()[-15:]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_trainer_main(args) -> None:
+    from engine.profiles import load_profile
+    from engine.training import LoRARecipe, RunConfig
+
+    profile = load_profile(args.profile)
+    profile.device.threads = args.threads or profile.device.threads
+    profile.training.batch_size = args.batch_size or profile.training.batch_size
+    profile.training.max_seq_len = args.max_seq_len or profile.training.max_seq_len
+    with tempfile.TemporaryDirectory() as scratch:
+        recipe = LoRARecipe(RunConfig(profile=profile, run_dir=Path(scratch) / "data",
+                                      max_steps=args.steps))
+        recipe.setup()  # the same samples as the parent's (setup does not touch the allocator)
+        try:
+            recipe.peft_model = recipe.loss_model = recipe.optimizer = recipe.scheduler = None
+            gc.collect()
+            result = run_trainer(profile, recipe, args.steps, args.child_samples_per_step,
+                                 Path(scratch) / "trainer", bf16=args.child_trainer == "bf16")
+        finally:
+            recipe.cleanup()
+    print(json.dumps(result))
+
+
 def child_rss(profile_name: str, precision: str, checkpointing: bool, steps: int,
               batch_size: int | None, max_seq_len: int | None, threads: int | None) -> dict:
     """Run hyperlex in a child process at one precision; it reports its own peak RSS."""
@@ -324,7 +368,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print one JSON line at the end")
     parser.add_argument("--child-precision", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-trainer", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-samples-per-step", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_trainer:
+        child_trainer_main(args)
+        return
     if args.child_precision:
         child_main(args.profile, args.child_precision, args.child_checkpointing, args.rss_steps,
                    args.batch_size, args.max_seq_len, args.threads)
@@ -360,9 +409,8 @@ def main() -> None:
             fp32_profile.training.max_seq_len = section.max_seq_len
             fp32_profile.device.threads = profile.device.threads
             fp32, _ = run_hyperlex(fp32_profile, args.steps, Path(scratch) / "hyperlex-fp32")
-        base = run_trainer(profile, recipe, args.steps, per_step, Path(scratch) / "trainer")
-        base_bf16 = run_trainer(profile, recipe, args.steps, per_step,
-                                Path(scratch) / "trainer-bf16", bf16=True)
+        base = child_trainer(args, per_step, bf16=False)
+        base_bf16 = child_trainer(args, per_step, bf16=True)
     print(describe_run(f"hyperlex ({ours['precision']})", ours))
     if fp32 is not ours:
         print(describe_run("hyperlex (fp32)", fp32))

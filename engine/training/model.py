@@ -127,6 +127,9 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
     from engine.training.dropout import use_fast_dropout
 
     use_fast_dropout(peft_model)
+    from engine.training.norms import use_fused_norms
+
+    use_fused_norms(peft_model)
     if placement.precision == "bf16":
         from engine.training.adapter_compute import compute_adapters_in
 

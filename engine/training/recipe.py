@@ -337,6 +337,10 @@ class LoRARecipe:
 
     def train(self) -> RunResult:
         """Run until max_steps, early stopping or a stop request; then write the outputs."""
+        if self.placement.device == "cpu":
+            from engine.training.allocator import keep_freed_memory
+
+            self.log(keep_freed_memory())  # for the steps, not for loading (setup)
         if self.step == 0 and self.data.held_out:
             self.base_eval = self.evaluate()["loss"]
             self.last_eval = self.base_eval

@@ -360,3 +360,19 @@ def test_the_adapter_uses_fast_dropout(make_profile, tmp_path):
                        for m in recipe.peft_model.modules())
     finally:
         recipe.cleanup()
+
+
+def test_cpu_training_fuses_the_norms_and_keeps_freed_memory(make_profile, tmp_path):
+    events: list[dict] = []
+    recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile()), run_dir=tmp_path / "r",
+                                  on_event=events.append, max_steps=1))
+    recipe.setup()
+    try:
+        norms = [m for m in recipe.peft_model.modules() if type(m).__name__.endswith("RMSNorm")]
+        assert norms and all("forward" in vars(m) for m in norms)  # every frozen norm fused
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    if sys.platform.startswith("linux"):
+        assert any(m.startswith("allocator: freed blocks under 32 MiB are kept") for m in logs)
