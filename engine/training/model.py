@@ -128,8 +128,10 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
 
     use_fast_dropout(peft_model)
     from engine.training.norms import use_fused_norms
+    from engine.training.rope import use_fused_rope
 
     use_fused_norms(peft_model)
+    use_fused_rope()
     if placement.precision == "bf16":
         from engine.training.adapter_compute import compute_adapters_in
 

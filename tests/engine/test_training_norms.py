@@ -115,3 +115,57 @@ def test_fused_cross_entropy_matches_torch_even_where_the_target_is_very_unlikel
     (grad,) = torch.autograd.grad(losses.sum(), hidden)
     (expected_grad,) = torch.autograd.grad(expected.sum(), hidden)
     assert torch.allclose(grad, expected_grad, atol=1e-5)
+
+
+def _reference_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rope_matches_rotate_half_and_its_gradient(dtype):
+    from engine.training.rope import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 33, 16).to(dtype).requires_grad_()
+    k = torch.randn(2, 2, 33, 16).to(dtype).requires_grad_()
+    # Unequal halves (real RoPE repeats them), so a swapped half would show.
+    cos, sin = torch.randn(2, 33, 16).to(dtype), torch.randn(2, 33, 16).to(dtype)
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    got = apply_rotary_pos_emb(q, k, cos, sin)
+    got_grads = torch.autograd.grad(got, (q, k), (gq, gk))
+    want = (_reference_rope(q, cos.unsqueeze(1), sin.unsqueeze(1)),
+            _reference_rope(k, cos.unsqueeze(1), sin.unsqueeze(1)))
+    want_grads = torch.autograd.grad(want, (q, k), (gq, gk))
+    tolerance = 1e-5 if dtype == torch.float32 else 0.07  # one bf16 rounding at |x| < 16
+    for a, b in (*zip(got, want, strict=True), *zip(got_grads, want_grads, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert (a.float() - b.float()).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_models_use_the_fused_rope_with_the_same_numbers(tiny_model_dir, arch):
+    import importlib
+
+    from transformers import AutoModelForCausalLM
+
+    from engine.training import rope
+
+    module = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    saved = module.apply_rotary_pos_emb
+    try:
+        def reference(q, k, cos, sin, unsqueeze_dim=1):
+            cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+            return _reference_rope(q, cos, sin), _reference_rope(k, cos, sin)
+
+        module.apply_rotary_pos_emb = reference
+        expected = model(ids).logits
+        module.apply_rotary_pos_emb = saved
+        assert f"transformers.models.{arch}.modeling_{arch}" in rope.use_fused_rope()
+        assert module.apply_rotary_pos_emb is rope.apply_rotary_pos_emb
+        got = model(ids).logits
+    finally:
+        module.apply_rotary_pos_emb = saved
+    assert torch.allclose(got, expected, atol=1e-5)
