@@ -577,6 +577,8 @@ class LoRARecipe:
         self.final_summary = self.evaluate() if self.data.held_out else {}
         final_eval = self.final_summary.get("loss")
         self.last_eval = final_eval
+        if final_eval is not None and (self.best_eval is None or final_eval < self.best_eval):
+            self.best_eval = final_eval  # the last evaluation counts too
         adapter_dir = self.run_dir / "adapter"
         # Under FSDP every rank gives its shards; rank 0 alone writes.
         weights = self.trainable_state() if self.strategy == "fsdp" else None

@@ -194,6 +194,8 @@ def test_adapter_loads_in_plain_peft_and_outputs_are_written(make_profile, tmp_p
     card = json.loads((result.run_dir / "run_card.json").read_text())
     assert card["data"]["data_sha256"] == recipe.data.data_sha256
     assert card["metrics"]["steps"] == 4 and card["metrics"]["eval_loss"] == result.eval_loss
+    trained_evals = [loss for step, loss in card["metrics"]["evaluations"] if step > 0]
+    assert card["metrics"]["best_eval_loss"] == min(trained_evals)  # the final one counts too
     # The light eval: corpus perplexity exp(ΣNLL/Σtokens) = exp(mean held-out loss), and per
     # register, before and after.
     light = card["eval"]
