@@ -57,9 +57,10 @@ def group_of(name: str, shapes: list, vocab: int) -> str:
     return "other"
 
 
-def profile_steps(recipe, steps: int) -> tuple[dict[str, float], float, list[tuple[str, list, float]]]:
+def profile_steps(recipe, steps: int
+                  ) -> tuple[dict[str, float], float, list[tuple[str, str, list, float]]]:
     """Self CPU seconds by group over `steps` steps, those steps' profiled wall seconds, and
-    every (op, input shapes, self seconds), largest first."""
+    every (op, group, input shapes, self seconds), largest first."""
     from torch.profiler import ProfilerActivity, profile
 
     vocab = recipe.peft_model.get_base_model().config.vocab_size
@@ -73,9 +74,10 @@ def profile_steps(recipe, steps: int) -> tuple[dict[str, float], float, list[tup
     ops = []
     for event in prof.key_averages(group_by_input_shape=True):
         shapes = list(event.input_shapes or [])
-        groups[group_of(event.key, shapes, vocab)] += event.self_cpu_time_total / 1e6
-        ops.append((event.key, shapes, event.self_cpu_time_total / 1e6))
-    return dict(groups), wall, sorted(ops, key=lambda op: -op[2])
+        group, seconds = group_of(event.key, shapes, vocab), event.self_cpu_time_total / 1e6
+        groups[group] += seconds
+        ops.append((event.key, group, shapes, seconds))
+    return dict(groups), wall, sorted(ops, key=lambda op: -op[3])
 
 
 def main() -> None:
@@ -128,11 +130,9 @@ def main() -> None:
         print(f"| {name} | {seconds / args.steps:.3f} | {seconds / total:.0%} |")
     print(f"| all profiled ops | {total / args.steps:.3f} | 100% |")
     if args.top:
-        vocab = recipe.peft_model.get_base_model().config.vocab_size
         print(f"\nthe {args.top} ops with the most self time (s / step, group, input shapes):")
-        for name, shapes, seconds in ops[:args.top]:
-            print(f"  {seconds / args.steps:7.3f}  {name:32s} "
-                  f"{group_of(name, shapes, vocab):30s} {str(shapes)[:90]}")
+        for name, group, shapes, seconds in ops[:args.top]:
+            print(f"  {seconds / args.steps:7.3f}  {name:32s} {group:30s} {str(shapes)[:90]}")
     from engine.machine import print_machine
 
     print_machine()

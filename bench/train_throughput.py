@@ -9,8 +9,9 @@ hyperlex), same number of optimizer steps, same learning-rate schedule. The base
 way: `Trainer` with `DataCollatorForSeq2Seq` padding each batch to its longest sample (dynamic
 padding), once in fp32 and once with `bf16=True` (autocast over fp32 weights, Trainer's own
 mixed precision), each in a child process of its own (a fresh process, as a user runs it: the
-recipe's allocator setting, engine.training.allocator, would otherwise carry over to it). It draws as many samples per step as hyperlex's packed steps hold, so both
-see the same amount of data. hyperlex runs in the profile's precision (`auto`: what
+recipe's allocator setting, engine.training.allocator, would otherwise carry over to it). It
+draws as many samples per step as hyperlex's packed steps hold, so both see the same amount of
+data. hyperlex runs in the profile's precision (`auto`: what
 engine.training.precision picks here, and why) and, when that is not fp32, once more in fp32
 for the held-out loss against fp32. Throughput is real (non-padding) tokens per second of
 optimizer-step time, measured the same way for all, and also per CPU-second (process time),
@@ -192,6 +193,28 @@ def run_trainer(profile, recipe, steps: int, samples_per_step: int, out_dir: Pat
             "train_loss_last": losses[-1] if losses else None}
 
 
+def size_flags(batch_size: int | None, max_seq_len: int | None, threads: int | None) -> list[str]:
+    """The command-line flags that hand a child process the parent's sizes."""
+    command: list[str] = []
+    for flag, value in (("--batch-size", batch_size), ("--max-seq-len", max_seq_len),
+                        ("--threads", threads)):
+        if value:
+            command += [flag, str(value)]
+    return command
+
+
+def sized_profile(name: str, batch_size: int | None, max_seq_len: int | None,
+                  threads: int | None):
+    """The profile `name` with the sizes given on the command line (its own where not)."""
+    from engine.profiles import load_profile
+
+    profile = load_profile(name)
+    profile.device.threads = threads or profile.device.threads
+    profile.training.batch_size = batch_size or profile.training.batch_size
+    profile.training.max_seq_len = max_seq_len or profile.training.max_seq_len
+    return profile
+
+
 def child_trainer(args, samples_per_step: int, bf16: bool) -> dict:
     """Run the Trainer baseline in a child process: a fresh process, as a user runs it.
 
@@ -201,11 +224,8 @@ def child_trainer(args, samples_per_step: int, bf16: bool) -> dict:
     """
     command = [sys.executable, __file__, "--profile", args.profile, "--steps", str(args.steps),
                "--child-trainer", "bf16" if bf16 else "fp32",
-               "--child-samples-per-step", str(samples_per_step)]
-    for flag, value in (("--batch-size", args.batch_size), ("--max-seq-len", args.max_seq_len),
-                        ("--threads", args.threads)):
-        if value:
-            command += [flag, str(value)]
+               "--child-samples-per-step", str(samples_per_step),
+               *size_flags(args.batch_size, args.max_seq_len, args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"the Trainer {'bf16' if bf16 else 'fp32'} child failed "
@@ -214,13 +234,9 @@ def child_trainer(args, samples_per_step: int, bf16: bool) -> dict:
 
 
 def child_trainer_main(args) -> None:
-    from engine.profiles import load_profile
     from engine.training import LoRARecipe, RunConfig
 
-    profile = load_profile(args.profile)
-    profile.device.threads = args.threads or profile.device.threads
-    profile.training.batch_size = args.batch_size or profile.training.batch_size
-    profile.training.max_seq_len = args.max_seq_len or profile.training.max_seq_len
+    profile = sized_profile(args.profile, args.batch_size, args.max_seq_len, args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         recipe = LoRARecipe(RunConfig(profile=profile, run_dir=Path(scratch) / "data",
                                       max_steps=args.steps))
@@ -242,10 +258,7 @@ def child_rss(profile_name: str, precision: str, checkpointing: bool, steps: int
                "--child-precision", precision]
     if checkpointing:
         command.append("--child-checkpointing")
-    for flag, value in (("--batch-size", batch_size), ("--max-seq-len", max_seq_len),
-                        ("--threads", threads)):
-        if value:
-            command += [flag, str(value)]
+    command += size_flags(batch_size, max_seq_len, threads)
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return {"precision": precision, "error": done.stderr.strip().splitlines()[-1:]}
@@ -270,14 +283,9 @@ def peak_rss_mb() -> float:
 
 def child_main(profile_name: str, precision: str, checkpointing: bool, steps: int,
                batch_size: int | None, max_seq_len: int | None, threads: int | None) -> None:
-    from engine.profiles import load_profile
-
-    profile = load_profile(profile_name)
-    profile.device.threads = threads or profile.device.threads
+    profile = sized_profile(profile_name, batch_size, max_seq_len, threads)
     profile.device.precision = precision
     profile.training.gradient_checkpointing = checkpointing
-    profile.training.batch_size = batch_size or profile.training.batch_size
-    profile.training.max_seq_len = max_seq_len or profile.training.max_seq_len
     with tempfile.TemporaryDirectory() as scratch:
         result, _ = run_hyperlex(profile, steps, Path(scratch) / "run")
     peak = peak_rss_mb()
@@ -381,13 +389,8 @@ def main() -> None:
 
     import torch
 
-    from engine.profiles import load_profile
-
-    profile = load_profile(args.profile)
+    profile = sized_profile(args.profile, args.batch_size, args.max_seq_len, args.threads)
     section = profile.training
-    section.batch_size = args.batch_size or section.batch_size
-    section.max_seq_len = args.max_seq_len or section.max_seq_len
-    profile.device.threads = args.threads or profile.device.threads
     with tempfile.TemporaryDirectory() as scratch:
         ours, recipe = run_hyperlex(profile, args.steps, Path(scratch) / "hyperlex")
         per_step = max(1, round(ours["samples_per_step"]))
@@ -403,11 +406,9 @@ def main() -> None:
               f"Trainer batch {per_step} samples/step with dynamic padding", flush=True)
         fp32 = ours
         if ours["precision"] != "fp32" and not args.skip_fp32:
-            fp32_profile = load_profile(args.profile)
+            fp32_profile = sized_profile(args.profile, args.batch_size, args.max_seq_len,
+                                         args.threads)
             fp32_profile.device.precision = "fp32"
-            fp32_profile.training.batch_size = section.batch_size
-            fp32_profile.training.max_seq_len = section.max_seq_len
-            fp32_profile.device.threads = profile.device.threads
             fp32, _ = run_hyperlex(fp32_profile, args.steps, Path(scratch) / "hyperlex-fp32")
         base = child_trainer(args, per_step, bf16=False)
         base_bf16 = child_trainer(args, per_step, bf16=True)

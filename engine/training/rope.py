@@ -4,7 +4,8 @@ transformers' Llama-family `apply_rotary_pos_emb` (Llama, Mistral, Qwen2 share i
 `q * cos + rotate_half(q) * sin`, where `rotate_half` slices the two halves, negates one and
 concatenates them: a full copy forward, and backward the slices' gradients, each a zero-filled
 tensor of the whole input with one half copied in, then summed. Here the rotation is written
-into the product's two halves in place (`addcmul_`), forward and backward, so the only full-size tensors are the output and its gradient.
+into the product's two halves in place (`addcmul_`), forward and backward, so the only
+full-size tensors are the output and its gradient.
 
 `use_fused_rope` points those modules' `apply_rotary_pos_emb` at `apply_rotary_pos_emb` here
 (what kernel libraries such as Liger do for their kernels); the numbers are the same up to the
