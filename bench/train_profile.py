@@ -104,6 +104,7 @@ def main() -> None:
                                       max_steps=args.steps * 2 + 1))
         recipe.setup()
         try:
+            recipe.prepare_steps()  # as `train` does: on CPU, freed memory kept for reuse
             recipe.peft_model.train()
             began = time.perf_counter()
             recipe._train_step(recipe.micro_batches(0))  # warm-up: oneDNN picks its kernels

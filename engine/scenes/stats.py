@@ -37,6 +37,9 @@ def _structure_items(fields: dict[str, Any], markers: list[str], links: list[Any
     return count
 
 
+FIRST_ERRORS = 5  # bad lines quoted in the stats; `hyperlex scenes validate` lists them all
+
+
 def scene_stats(path: str | Path) -> dict[str, Any]:
     """Stats of a scene file (bad lines are counted, not fatal).
 
@@ -44,7 +47,8 @@ def scene_stats(path: str | Path) -> dict[str, Any]:
         path: the JSONL file.
 
     Returns:
-        `{scenes, leaves, documents, bad_lines, per_register, per_level, tokens: {total, mean,
+        `{scenes, leaves, documents, bad_lines, first_errors (the first few, "line N: why"),
+        per_register, per_level, tokens: {total, mean,
         max, unmeasured, histogram}, characters, chars_per_token, density_per_100_tokens}`.
     """
     per_register: Counter = Counter()
@@ -52,9 +56,12 @@ def scene_stats(path: str | Path) -> dict[str, Any]:
     histogram: Counter = Counter()
     documents: set[str] = set()
     scenes = leaves = bad = unmeasured = tokens_total = token_max = characters = items = 0
+    first_errors: list[str] = []
     for _, _, scene, error in scan(path):
         if error is not None:
             bad += 1
+            if len(first_errors) < FIRST_ERRORS:
+                first_errors.append(str(error))
             continue
         scenes += 1
         documents.add(scene.doc)
@@ -77,7 +84,7 @@ def scene_stats(path: str | Path) -> dict[str, Any]:
                                                             HISTOGRAM_EDGES, strict=False))}
     return {
         "path": str(path), "scenes": scenes, "leaves": leaves, "documents": len(documents),
-        "bad_lines": bad,
+        "bad_lines": bad, "first_errors": first_errors,
         "per_register": dict(per_register.most_common()),
         "per_level": {str(k): v for k, v in sorted(per_level.items())},
         "tokens": {

@@ -335,12 +335,20 @@ class LoRARecipe:
 
     # --- training -----------------------------------------------------------------------------
 
-    def train(self) -> RunResult:
-        """Run until max_steps, early stopping or a stop request; then write the outputs."""
+    def prepare_steps(self) -> None:
+        """What the steps need of the process and setup does not do: on CPU, freed memory kept.
+
+        Not in setup: it is for the steps, not for loading. `train` calls it; a caller that
+        runs `_train_step` itself (a benchmark, a profile) calls it first.
+        """
         if self.placement.device == "cpu":
             from engine.training.allocator import keep_freed_memory
 
-            self.log(keep_freed_memory())  # for the steps, not for loading (setup)
+            self.log(keep_freed_memory())
+
+    def train(self) -> RunResult:
+        """Run until max_steps, early stopping or a stop request; then write the outputs."""
+        self.prepare_steps()
         if self.step == 0 and self.data.held_out:
             self.base_eval = self.evaluate()["loss"]
             self.last_eval = self.base_eval

@@ -70,6 +70,22 @@ _ORIGINAL_SOURCE = '''    cos = cos.unsqueeze(unsqueeze_dim)
     return q_embed, k_embed'''
 
 
+def _hub_wrapped(function: Any) -> Any:
+    """The plain function inside the module transformers makes of it when `kernels` is installed.
+
+    `use_kernel_forward_from_hub` then turns a module-level function into an `nn.Module` whose
+    forward calls the function from its closure (or a hub kernel, once kernelized, which a CPU
+    training run never asks for). Anything else comes back as it is.
+    """
+    forward = getattr(type(function), "forward", None)
+    if forward is None or not isinstance(function, torch.nn.Module):
+        return function
+    try:
+        return inspect.getclosurevars(forward).nonlocals.get("func", function)
+    except TypeError:
+        return function
+
+
 def use_fused_rope() -> list[str]:
     """Point the Llama-family modules' `apply_rotary_pos_emb` here, where it is still theirs.
 
@@ -87,7 +103,7 @@ def use_fused_rope() -> list[str]:
             switched.append(name)
             continue
         try:
-            source = inspect.getsource(inspect.unwrap(current))
+            source = inspect.getsource(inspect.unwrap(_hub_wrapped(current)))
         except (TypeError, OSError):
             continue
         if _ORIGINAL_SOURCE not in source:

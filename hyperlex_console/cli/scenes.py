@@ -163,6 +163,9 @@ def validate_command(file: str, repair: bool, output: str | None, as_json: bool)
 def stats_command(file: str, as_json: bool) -> None:
     """Counts per register and level, token-length histogram, density.
 
+    Bad lines are counted and left out of the figures; the first few are named on stderr and
+    the exit status is 1 (`hyperlex scenes validate FILE` lists them all).
+
     Example: hyperlex scenes stats scenes.jsonl --json
     """
     from engine.scenes.stats import scene_stats
@@ -170,7 +173,20 @@ def stats_command(file: str, as_json: bool) -> None:
     data = scene_stats(file)
     if as_json:
         emit_json(data)
-        return
+    else:
+        _print_stats(data)
+    if data["bad_lines"]:
+        for error in data["first_errors"]:
+            click.echo(f"{file}:{error.removeprefix('line ')}", err=True)
+        hint = (f"no line of {file} is a scene: is it a corpus? Cut it into scenes with "
+                f"`hyperlex scenes build {file} -o scenes.jsonl`" if not data["scenes"] else
+                f"the figures leave them out; `hyperlex scenes validate {file} --repair -o "
+                "FIXED` writes the good lines to FIXED")
+        click.echo(f"error: {data['bad_lines']} bad lines in {file}\nhint: {hint}", err=True)
+        sys.exit(1)
+
+
+def _print_stats(data: dict) -> None:
     click.echo(f"{data['scenes']} scenes, {data['leaves']} leaves, {data['documents']} documents"
                f", {data['bad_lines']} bad lines")
     click.echo("registers: " + ", ".join(f"{k} {v}" for k, v in data["per_register"].items()))

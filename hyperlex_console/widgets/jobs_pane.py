@@ -109,6 +109,7 @@ class JobsPane(Pane):
         self.jobs: dict[int, dict[str, Any]] = {}
         self.job_kinds: dict[str, bool] = {}
         self._shown: dict[int, dict[str, str]] = {}
+        self._note_job: int | None = None  # the job whose state the note shows, if any
 
     def compose(self):
         table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
@@ -121,8 +122,14 @@ class JobsPane(Pane):
     def table(self) -> DataTable:
         return self.query_one("#jobs-table", DataTable)
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, job: int | None = None) -> None:
+        """Show `text` under the table; with `job`, later state changes of that job replace it."""
+        self._note_job = job
         self.query_one("#jobs-note", Static).update(text)
+
+    def _note_state(self, job_id: int) -> None:
+        job = self.jobs[job_id]
+        self.note(f"job {job_id} ({job.get('kind', 'job')}) {job.get('state')}", job=job_id)
 
     @property
     def selected_job(self) -> int | None:
@@ -198,6 +205,8 @@ class JobsPane(Pane):
             merged.update(fields.pop("progress"))
             job["progress"] = merged
         job.update(fields)
+        if "state" in fields and job_id == self._note_job:
+            self._note_state(job_id)
         return False
 
     def redraw(self) -> None:
@@ -274,7 +283,7 @@ class JobsPane(Pane):
         self.jobs[job["id"]] = job
         self.redraw()
         self.table.move_cursor(row=0)
-        self.note(f"job {job['id']} ({kind}) {job['state']}")
+        self.note(f"job {job['id']} ({kind}) {job['state']}", job=job["id"])
         self.app.notify(f"job {job['id']} ({kind}) queued")
 
     @work(group="jobs-cancel", exit_on_error=False)
@@ -289,7 +298,7 @@ class JobsPane(Pane):
             return
         self._apply(job_id, {"state": reply["job"]["state"]})
         self.redraw()
-        self.note(f"job {job_id}: cancel requested ({reply['job']['state']})")
+        self.note(f"job {job_id}: cancel requested ({reply['job']['state']})", job=job_id)
 
     @work(group="jobs-submit", exit_on_error=False)
     async def action_resume(self) -> None:
@@ -314,7 +323,8 @@ class JobsPane(Pane):
             self.jobs[job_id] = reply["job"]
             self.redraw()
             self.note(f"job {job_id} queued again " + (
-                "to resume from its checkpoint" if reply["resume"] else "from the start"))
+                "to resume from its checkpoint" if reply["resume"] else "from the start"),
+                job=job_id)
             return
         params = dict(job.get("params") or {})
         self._send_submit(job["kind"], params, job.get("profile"))

@@ -162,6 +162,10 @@ async def test_jobs_pane_submits_and_follows_a_job_to_succeeded(daemon):
         assert float(row[5]) == pytest.approx(loss_at(12), abs=1e-4)
         with daemon.client() as client:
             assert client.job_get(job_id)["job"]["state"] == "succeeded"
+        # The note under the table said "queued" at submit; it follows the job's state events.
+        await wait_for(pilot, lambda: "succeeded" in str(jobs.query_one("#jobs-note").render()),
+                       what="the note to follow the job")
+        assert str(jobs.query_one("#jobs-note").render()) == f"job {job_id} (selftest) succeeded"
 
         # The loss pane follows the highlighted job: every step, the selftest's exact curve.
         # Its tab is hidden: the points are kept and drawn only when the tab opens.

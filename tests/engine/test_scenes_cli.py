@@ -82,3 +82,23 @@ def test_corpus_inspect_names_encodings(tmp_path: Path) -> None:
     data = json.loads(run("corpus", "inspect", str(tmp_path), "--json").stdout)
     assert data["documents"][0]["encoding"] == "koi8_r"
     assert data["documents"][0]["preview"] == "Привет, как дела у тебя?"
+
+
+def test_stats_names_bad_lines_and_exits_1_but_keeps_the_figures(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    run("corpus", "synth", "--n", "1", "--seed", "1", "-o", str(corpus))
+    result = run("scenes", "stats", str(corpus))  # a corpus is not a scene file
+    assert result.exit_code == 1
+    assert f"{corpus}:1:" in result.stderr and "scenes build" in result.stderr
+
+    scenes = tmp_path / "scenes.jsonl"
+    run("scenes", "build", "-", "-o", str(scenes), *PROFILE, input="One.\n\nTwo.\n")
+    good = json.loads(run("scenes", "stats", str(scenes), "--json").stdout)
+    scenes.write_text(scenes.read_text(encoding="utf-8") + "{oops\n", encoding="utf-8")
+    result = run("scenes", "stats", str(scenes), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["scenes"] == good["scenes"] > 0 and data["bad_lines"] == 1
+    bad_line = good["scenes"] + 1
+    assert data["first_errors"][0].startswith(f"line {bad_line}:")
+    assert f"{scenes}:{bad_line}:" in result.stderr and "--repair" in result.stderr

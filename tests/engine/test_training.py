@@ -329,34 +329,78 @@ def test_every_mode_trains(make_profile, tmp_path, mode):
     assert evals[0]["field_loss"] is not None and evals[0]["text_loss"] is not None
 
 
-def test_fast_dropout_keeps_the_distribution_and_the_gradient():
-    from engine.training.dropout import FastDropout
+def test_gap_dropout_keeps_the_law_the_gradient_and_the_seed():
+    from engine.training.dropout import GapDropout
 
-    dropout = FastDropout(0.05)
-    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of four lanes
+    dropout = GapDropout(0.05)
+    assert isinstance(dropout, torch.nn.Dropout) and "p=0.05" in repr(dropout)
+    x = torch.ones(1_000_003, requires_grad=True)
     torch.manual_seed(0)
     y = dropout(x)
-    kept = (y != 0).float().mean().item()
-    assert abs(kept - 0.95) < 0.002  # Bernoulli(0.95): three standard deviations is 0.0007
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.05) < 0.0011  # Bernoulli(0.05): five standard deviations is 0.0011
     values = y.detach().unique().tolist()
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.95)
     y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # gradient: the same mask, the same scale
+    assert torch.equal(x.grad, y.detach())  # gradient: the same positions, the same scale
     torch.manual_seed(0)
     assert torch.equal(dropout(x), y)  # torch's generator: seeded runs repeat exactly
     assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(GapDropout(1.0)(x.detach()), torch.zeros_like(x))
+
+
+def test_gap_dropout_positions_are_bernoulli_in_each_place_and_gap(monkeypatch):
+    from engine.training import dropout as module
+
+    n, p = 2_000_000, 0.05
+    for sigmas in (6.0, -4.0):  # -4: the first round falls short and more are drawn
+        monkeypatch.setattr(module, "_SIGMAS", sigmas)
+        torch.manual_seed(1)
+        positions = module.dropped_positions(n, p)
+        assert positions.dtype == torch.int64 and 0 <= int(positions[0]) and int(positions[-1]) < n
+        assert bool((positions[1:] > positions[:-1]).all())  # distinct, ascending
+        sd = (n * p * (1 - p)) ** 0.5
+        assert abs(len(positions) - n * p) < 5 * sd
+        # Every tenth of the range holds its share, and the gaps are geometric: P(gap = k) =
+        # (1 - p) ** (k - 1) * p, so a run of kept elements after a dropped one has its law.
+        per_tenth = torch.bincount(positions // (n // 10), minlength=10)[:10].double()
+        tenth_sd = (n / 10 * p * (1 - p)) ** 0.5
+        assert float((per_tenth - n / 10 * p).abs().max()) < 5 * tenth_sd
+        gaps = (positions[1:] - positions[:-1]).double()
+        for k in (1, 2, 5, 20):
+            expected = (1 - p) ** (k - 1) * p
+            share = float((gaps == k).double().mean())
+            assert abs(share - expected) < 5 * (expected * (1 - expected) / len(gaps)) ** 0.5
+        assert abs(float(gaps.mean()) - 1 / p) < 5 * ((1 - p) / p**2 / len(gaps)) ** 0.5
+    assert len(module.dropped_positions(1000, 0.0)) == 0
     with pytest.raises(ValueError):
-        FastDropout(1.0)
+        module.dropped_positions(10, 1.0)
 
 
-def test_the_adapter_uses_fast_dropout(make_profile, tmp_path):
-    from engine.training.dropout import FastDropout
+def test_gap_dropout_on_bf16_and_strided_inputs_matches_its_own_mask():
+    from engine.training.dropout import gap_dropout
+
+    base = torch.randn(64, 96, dtype=torch.bfloat16)
+    x = base.t().requires_grad_(True)  # not contiguous: positions are in the logical order
+    y = gap_dropout(x, 0.25)
+    kept = y != 0
+    assert torch.equal(y[kept], (x.detach().float() / 0.75).to(torch.bfloat16)[kept])
+    assert 0.15 < 1 - kept.float().mean().item() < 0.35
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad == 0, ~kept | (grad == 0))
+    assert torch.equal(x.grad[kept], (grad.float() / 0.75).to(torch.bfloat16)[kept])
+    assert gap_dropout(x, 0.25, training=False) is x
+
+
+def test_the_adapter_uses_gap_dropout(make_profile, tmp_path):
+    from engine.training.dropout import GapDropout
 
     recipe = LoRARecipe(RunConfig(profile=load_profile(make_profile(lora={"dropout": 0.1})),
                                   run_dir=tmp_path / "r"))
     recipe.setup()
     try:
-        found = [m for m in recipe.peft_model.modules() if isinstance(m, FastDropout)]
+        found = [m for m in recipe.peft_model.modules() if isinstance(m, GapDropout)]
         assert found and all(m.p == 0.1 for m in found)
         assert not any(type(m) is torch.nn.Dropout and m.p > 0
                        for m in recipe.peft_model.modules())
