@@ -69,6 +69,22 @@ def test_resume_matches_an_uninterrupted_run(make_profile, tmp_path):
     assert resumed.final_loss < step_losses(whole_events)[1]  # it learned something
 
 
+def test_gradient_checkpointing_redraws_the_same_dropout_positions(make_profile, tmp_path):
+    # The recomputed forward draws its LoRA dropout positions again; checkpointing restores the
+    # RNG state first, so the run is the same run (a different draw would change the gradients).
+    knobs = {"max_steps": 4}
+    plain = make_profile("plain", training=knobs, lora={"dropout": 0.2})
+    recomputed = make_profile("ckpt", training={**knobs, "gradient_checkpointing": True},
+                              lora={"dropout": 0.2})
+    _, plain_events = run(plain, tmp_path / "plain")
+    _, ckpt_events = run(recomputed, tmp_path / "ckpt")
+    expected, got = step_losses(plain_events), step_losses(ckpt_events)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in got:
+        assert abs(got[step] - expected[step]) < TOLERANCE, step
+    assert expected[4] != expected[1]
+
+
 def test_resume_refuses_another_profile(make_profile, tmp_path):
     first = make_profile("a", training={"max_steps": 2, "checkpoint_every": 1})
     run(first, tmp_path / "run", stop_at_step=1)
