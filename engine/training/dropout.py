@@ -60,23 +60,27 @@ def dropped_positions(n: int, p: float, device: torch.device | str = "cpu",
     return positions[: int(torch.searchsorted(positions, n))]
 
 
+def scale_and_drop(x: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x * scale`, contiguous, with the flat `positions` set to zero: a dropout's mask applied."""
+    out = torch.mul(x, scale).contiguous()
+    if positions.numel():
+        out.view(-1).index_fill_(0, positions, 0)
+    return out
+
+
 class _GapDropout(torch.autograd.Function):
     """x / (1 - p) with the drawn positions zeroed; the backward does the same to the gradient."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
-        out = torch.mul(x, scale).contiguous()
-        out.view(-1).index_fill_(0, positions, 0)
         ctx.save_for_backward(positions)
         ctx.scale = scale
-        return out
+        return scale_and_drop(x, positions, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (positions,) = ctx.saved_tensors
-        out = torch.mul(grad, ctx.scale).contiguous()
-        out.view(-1).index_fill_(0, positions, 0)
-        return out, None, None
+        return scale_and_drop(grad, positions, ctx.scale), None, None
 
 
 def gap_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -27,18 +27,13 @@ import torch
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 from engine.training.adapter_compute import CastingLinear
-from engine.training.dropout import dropped_positions
+from engine.training.dropout import dropped_positions, scale_and_drop
 
 _NO_POSITIONS = torch.empty(0, dtype=torch.int64)
 
 
 def _dropped_input(x: torch.Tensor, positions: torch.Tensor, keep_scale: float) -> torch.Tensor:
-    if keep_scale == 1.0:
-        return x
-    out = torch.mul(x, keep_scale)
-    if positions.numel():
-        out.view(-1).index_fill_(0, positions, 0)
-    return out
+    return x if keep_scale == 1.0 else scale_and_drop(x, positions, keep_scale)
 
 
 class _FusedLora(torch.autograd.Function):
@@ -93,9 +88,7 @@ class FusedLoraLinear(PeftLoraLinear):
         dropout = self.lora_dropout[name]
         p = float(getattr(dropout, "p", 0.0)) if dropout.training else 0.0
         shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
+        flat = x.reshape(-1, shape[-1]).contiguous()  # the positions index it row-major
         positions = dropped_positions(flat.numel(), p, flat.device) if p > 0 else _NO_POSITIONS
         out = _FusedLora.apply(flat, base.weight, base.bias, self.lora_A[name].weight,
                                self.lora_B[name].weight, float(self.scaling[name]), positions,

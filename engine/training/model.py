@@ -126,8 +126,10 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
             param.data = param.data.float()
     if placement.device == "cpu":  # CUDA's own dropout kernel is fused and draws cheaply
         from engine.training.dropout import use_gap_dropout
+        from engine.training.lora_linear import fuse_lora_layers
 
-        use_gap_dropout(peft_model)
+        use_gap_dropout(peft_model)  # for the layers the fused path leaves to PEFT
+        fuse_lora_layers(peft_model)
     from engine.training.norms import use_fused_norms
     from engine.training.rope import use_fused_rope
 
@@ -137,8 +139,4 @@ def build_model(profile: Any, hypertokenizer: Any, placement: Placement) -> Any:
         from engine.training.adapter_compute import compute_adapters_in
 
         compute_adapters_in(peft_model, torch.bfloat16)
-    if placement.device == "cpu":
-        from engine.training.lora_linear import fuse_lora_layers
-
-        fuse_lora_layers(peft_model)
     return peft_model
